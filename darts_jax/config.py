@@ -1,0 +1,143 @@
+"""Typed search configuration: pt.darts's flags, names and defaults, plus ours."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+
+from darts_jax import architect, data
+
+_GPUS_RE = re.compile(r"^(all|\d+(,\d+)*)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """``python train_search.py`` flags. pt.darts's come first, with its defaults."""
+
+    name: str
+    dataset: str
+    batch_size: int = 64
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    w_grad_clip: float = 5.0
+    print_freq: int = 50
+    gpus: str = "0"
+    epochs: int = 50
+    init_channels: int = 16
+    layers: int = 8
+    seed: int = 2
+    workers: int = 4
+    alpha_lr: float = 3e-4
+    alpha_weight_decay: float = 1e-3
+    # darts_jax additions
+    alpha_grad: str = "second"
+    data_dir: str | None = None
+    out_dir: str = "searchs"
+    n_nodes: int = 4
+    stem_multiplier: int = 3
+    train_portion: float = 0.5
+    steps_per_epoch: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> SearchConfig:
+        """Raises ValueError with one clear message for the first bad value."""
+        if not re.fullmatch(r"[\w.\-]+", self.name):
+            raise ValueError(f"--name {self.name!r} must be letters, digits, '.', '-' or '_'")
+        data.dataset_info(self.dataset)
+        positive = (
+            "batch_size",
+            "print_freq",
+            "epochs",
+            "init_channels",
+            "layers",
+            "n_nodes",
+            "stem_multiplier",
+        )
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ValueError(f"--{field} must be >= 1, got {getattr(self, field)}")
+        for field in ("w_lr", "alpha_lr", "w_grad_clip"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"--{field} must be > 0, got {getattr(self, field)}")
+        for field in (
+            "w_lr_min",
+            "w_weight_decay",
+            "alpha_weight_decay",
+            "workers",
+            "steps_per_epoch",
+        ):
+            if getattr(self, field) < 0:
+                raise ValueError(f"--{field} must be >= 0, got {getattr(self, field)}")
+        if self.w_lr_min > self.w_lr:
+            raise ValueError(f"--w_lr_min ({self.w_lr_min}) exceeds --w_lr ({self.w_lr})")
+        if not 0 <= self.w_momentum < 1:
+            raise ValueError(f"--w_momentum must be in [0, 1), got {self.w_momentum}")
+        if self.alpha_grad not in architect.MODES:
+            raise ValueError(
+                f"--alpha_grad must be one of {architect.MODES}, got {self.alpha_grad!r}"
+            )
+        if not 0 < self.train_portion < 1:
+            raise ValueError(f"--train_portion must be in (0, 1), got {self.train_portion}")
+        if not _GPUS_RE.match(self.gpus):
+            raise ValueError(f"--gpus must be 'all' or a comma list like '0,1', got {self.gpus!r}")
+        if self.init_channels % 2:
+            raise ValueError(
+                f"--init_channels must be even (FactorizedReduce), got {self.init_channels}"
+            )
+        return self
+
+
+_HELP = {
+    "name": "run name: outputs go to <out_dir>/<name>/",
+    "dataset": f"one of {sorted(data.DATASETS)} (digits is embedded, no download)",
+    "alpha_grad": "alpha gradient: first order, exact second order, or corrected finite difference",
+    "data_dir": "tensorflow-datasets data_dir holding prepared data",
+    "steps_per_epoch": "cap on steps per epoch (0: the whole half-split)",
+    "resume": "continue the search saved in <out_dir>/<name>/",
+    "progress": "show a progress bar per epoch",
+    "gpus": "devices: '0', '0,1,2,3' or 'all' (data parallel: a later release)",
+    "workers": "kept for pt.darts compatibility; data lives on the device",
+}
+
+
+def _str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def build_parser(cls=SearchConfig, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per dataclass field, same names and defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    for field in dataclasses.fields(cls):
+        kwargs = {"help": _HELP.get(field.name, "")}
+        if field.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = field.default
+            kwargs["help"] += f" (default: {field.default})"
+        kind = {"int": int, "float": float, "bool": _str2bool}.get(str(field.type).split(" |")[0])
+        if field.name == "alpha_grad":
+            kwargs["choices"] = architect.MODES
+        if kind is bool or field.type == "bool":
+            kwargs.update(type=_str2bool, nargs="?", const=True)
+        elif kind is not None:
+            kwargs["type"] = kind
+        parser.add_argument(f"--{field.name}", **kwargs)
+    return parser
+
+
+def parse_args(argv=None, cls=SearchConfig, description: str = ""):
+    """Parses and validates flags; bad values exit with one clear message (status 2)."""
+    parser = build_parser(cls, description)
+    args = parser.parse_args(argv)
+    try:
+        return cls(**vars(args)).validate()
+    except ValueError as e:
+        parser.error(str(e))

@@ -1,0 +1,230 @@
+"""DARTS operations as pure functions and small Flax modules (NHWC).
+
+Every function here works on arrays of shape (N, H, W, *features): the trailing
+feature axes may hold several edges at once, e.g. (N, H, W, M, S, C) for the
+edges from S source states to M target nodes, so that one call computes an op
+for many edges. Ops follow pt.darts: bias-free convolutions, ReLU before each
+conv block, BatchNorm after it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def same_padding(kernel_size: int, dilation: int) -> int:
+    return dilation * (kernel_size - 1) // 2
+
+
+def out_size(size: int, stride: int) -> int:
+    """Spatial size after a 'same'-padded op of the given stride (PyTorch arithmetic)."""
+    return (size - 1) // stride + 1
+
+
+def _spatial_pad(x: jax.Array, pad: int, value: float = 0.0) -> jax.Array:
+    widths = ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (x.ndim - 3)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _tap(xp: jax.Array, row: int, col: int, stride: int, h_out: int, w_out: int) -> jax.Array:
+    """The strided window of padded `xp` that a kernel tap at (row, col) reads."""
+    start = (0, row, col) + (0,) * (xp.ndim - 3)
+    limit = (xp.shape[0], row + stride * (h_out - 1) + 1, col + stride * (w_out - 1) + 1)
+    limit += tuple(xp.shape[3:])
+    return lax.slice(xp, start, limit, (1, stride, stride) + (1,) * (xp.ndim - 3))
+
+
+def depthwise_conv_shifted(
+    x: jax.Array, kernel: jax.Array, stride: int, dilation: int
+) -> jax.Array:
+    """``depthwise_conv`` as a sum of k*k shifted products.
+
+    On XLA:CPU this runs several times faster than the grouped convolution at
+    full size, but its k*k slices per conv make the second-order program
+    compile about 4x slower, so it is not the default (see BENCHMARKS.md).
+    """
+    k = kernel.shape[0]
+    pad = same_padding(k, dilation)
+    h_out, w_out = out_size(x.shape[1], stride), out_size(x.shape[2], stride)
+    xp = _spatial_pad(x, pad)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            term = _tap(xp, i * dilation, j * dilation, stride, h_out, w_out) * kernel[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """Depthwise k x k convolution with 'same' padding (one grouped XLA convolution).
+
+    x: (N, H, W, *F); kernel: (k, k, *F') with F' broadcasting against F, so one
+    input can feed several edges' kernels: the feature axes are flattened into
+    the channel axis and every channel is its own group.
+    """
+    k = kernel.shape[0]
+    pad = same_padding(k, dilation)
+    features = jnp.broadcast_shapes(x.shape[3:], kernel.shape[2:])
+    x_flat = jnp.broadcast_to(x, x.shape[:3] + features).reshape(x.shape[:3] + (-1,))
+    k_flat = jnp.broadcast_to(kernel, (k, k) + features).reshape(k, k, 1, -1)
+    y = lax.conv_general_dilated(
+        x_flat,
+        k_flat,
+        window_strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x_flat.shape[-1],
+    )
+    return y.reshape(y.shape[:3] + features)
+
+
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 convolution: contracts the last axis. kernel: (*F[:-1], C_in, C_out)."""
+    return jnp.einsum("nhw...c,...co->nhw...o", x, kernel)
+
+
+def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+    window = (1, 3, 3) + (1,) * (x.ndim - 3)
+    strides = (1, stride, stride) + (1,) * (x.ndim - 3)
+    padding = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (x.ndim - 3)
+    return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)
+
+
+@functools.lru_cache(maxsize=64)
+def _avg_pool_divisor(height: int, width: int, stride: int) -> np.ndarray:
+    """How many real (non-padding) pixels each 3x3 window covers, computed on the host.
+
+    Computing this under jit as a pooled array of ones makes XLA constant-fold
+    a reduce_window at compile time, which costs minutes at full size.
+    """
+
+    def counts(size):
+        idx = np.arange(out_size(size, stride)) * stride - 1
+        return np.minimum(idx + 3, size) - np.maximum(idx, 0)
+
+    return np.outer(counts(height), counts(width)).astype(np.float32)
+
+
+def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+    """3x3 average pool, padding 1, padding excluded from the mean."""
+    window = (1, 3, 3) + (1,) * (x.ndim - 3)
+    strides = (1, stride, stride) + (1,) * (x.ndim - 3)
+    padding = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (x.ndim - 3)
+    summed = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
+    divisor = _avg_pool_divisor(x.shape[1], x.shape[2], stride)
+    return summed / divisor.reshape(divisor.shape + (1,) * (x.ndim - 3)).astype(x.dtype)
+
+
+def factorized_reduce_inputs(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The two stride-2 views FactorizedReduce convolves: x[::2, ::2] and x[1::2, 1::2]."""
+    if x.shape[1] % 2 or x.shape[2] % 2:
+        raise ValueError(
+            f"FactorizedReduce needs even height and width, got {x.shape[1]}x{x.shape[2]}; "
+            "use an input size divisible by 4 for a network with two reduction cells"
+        )
+    return x[:, ::2, ::2], x[:, 1::2, 1::2]
+
+
+def torch_uniform_init(fan_in: int):
+    """PyTorch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    With a concrete key the values are drawn on the host by numpy, seeded from
+    the key: an eager jax.random call compiles once per shape, which made
+    building a search network take half a minute.
+    """
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        if isinstance(key, jax.core.Tracer):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        seed = np.asarray(jax.random.key_data(key), dtype=np.uint32).ravel()
+        values = np.random.default_rng(seed).uniform(-bound, bound, shape)
+        return jnp.asarray(values, dtype)
+
+    return init
+
+
+def _host_constant(value: float):
+    def init(*args):
+        shape, dtype = args[-2], args[-1]
+        return jnp.asarray(np.full(shape, value), dtype)
+
+    return init
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over (N, H, W) with PyTorch semantics, per trailing feature entry.
+
+    Normalises with the biased batch variance, keeps running statistics with the
+    unbiased one (as torch.nn.BatchNorm2d does), momentum in Flax terms.
+    Running statistics update only when 'batch_stats' is mutable.
+    """
+
+    affine: bool = False
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        feature_shape = x.shape[3:]
+        ra_mean = self.variable("batch_stats", "mean", _host_constant(0.0), feature_shape, x.dtype)
+        ra_var = self.variable("batch_stats", "var", _host_constant(1.0), feature_shape, x.dtype)
+        if self.affine:
+            scale = self.param("scale", _host_constant(1.0), feature_shape, x.dtype)
+            bias = self.param("bias", _host_constant(0.0), feature_shape, x.dtype)
+        if self.is_initializing():
+            return x  # variables declared; nothing to compute
+        if train:
+            mean = x.mean(axis=(0, 1, 2))
+            var = jnp.square(x - mean).mean(axis=(0, 1, 2))
+            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+                n = x.shape[0] * x.shape[1] * x.shape[2]
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+                ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(unbiased)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        y = (x - mean) * lax.rsqrt(var + self.epsilon)
+        if self.affine:
+            y = y * scale + bias
+        return y
+
+
+class StdConv(nn.Module):
+    """ReLU, 1x1 conv, BN."""
+
+    features: int
+    affine: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c_in = x.shape[-1]
+        kernel = self.param("kernel", torch_uniform_init(c_in), (c_in, self.features))
+        return BatchNorm(self.affine, name="bn")(pointwise_conv(nn.relu(x), kernel), train)
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two 1x1 stride-2 convs (the second shifted by one pixel), concat, BN."""
+
+    features: int
+    affine: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.features % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
+        c_in = x.shape[-1]
+        init = torch_uniform_init(c_in)
+        k1 = self.param("kernel1", init, (c_in, self.features // 2))
+        k2 = self.param("kernel2", init, (c_in, self.features // 2))
+        even, odd = factorized_reduce_inputs(nn.relu(x))
+        y = jnp.concatenate([pointwise_conv(even, k1), pointwise_conv(odd, k2)], axis=-1)
+        return BatchNorm(self.affine, name="bn")(y, train)

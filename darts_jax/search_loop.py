@@ -1,0 +1,227 @@
+"""The search loop: epochs of jitted steps, validation, logging, plots, checkpoints.
+
+Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
+(tensorboard), ``plots/`` (EPxx-normal/-reduce cell diagrams),
+``checkpoints/`` (orbax, every epoch, resumable) and, at the end,
+``genotype.txt`` with the best validation epoch's genotype.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting
+from darts_jax.config import SearchConfig
+from darts_jax.search_model import SearchNetwork, count_params
+from darts_jax.search_step import Hyper, create_state, make_train_step
+
+
+def _gather(images, labels, idx):
+    return images[idx], labels[idx]
+
+
+def evaluate(eval_fn, state, images_dev, labels_dev, indices, batch_size, rng) -> dict:
+    """Mean loss, top-1, top-5 over ``indices``, in fixed-size batches (last one padded)."""
+    n = len(indices)
+    steps = -(-n // batch_size)
+    padded = np.resize(indices, steps * batch_size).reshape(steps, batch_size).astype(np.int32)
+    mask = (np.arange(steps * batch_size) < n).reshape(steps, batch_size).astype(np.float32)
+    sums = None
+    for i in range(steps):
+        out = eval_fn(state, images_dev, labels_dev, padded[i], mask[i], jax.random.fold_in(rng, i))
+        sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    return {k: float(v) / n for k, v in sums.items()}
+
+
+def make_masked_eval(model, augment_fn):
+    """Jitted ``(state, images, labels, idx, mask, rng) -> sums`` on device-resident data."""
+
+    def fn(state, images_all, labels_all, idx, mask, rng):
+        images, labels = images_all[idx], labels_all[idx]
+        logits = model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            augment_fn(rng, images),
+            state.alphas,
+            train=False,
+        )
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        k = min(5, logits.shape[-1])
+        _, top = jax.lax.top_k(logits, k)
+        hit = top == labels[:, None]
+        return {
+            "loss": jnp.sum(losses * mask),
+            "top1": jnp.sum(hit[:, 0] * mask),
+            "top5": jnp.sum(jnp.any(hit, axis=-1) * mask),
+        }
+
+    return jax.jit(fn)
+
+
+def run_search(cfg: SearchConfig) -> genotypes.Genotype:
+    """Runs (or resumes) a search and returns the best epoch's genotype."""
+    out = os.path.join(cfg.out_dir, cfg.name)
+    ckpt_dir = os.path.join(out, "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not cfg.resume:
+        raise FileExistsError(
+            f"{out} already holds a search; pass --resume to continue it, or choose another --name"
+        )
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    logger = reporting.get_logger(os.path.join(out, f"{cfg.name}.log"))
+    logger.info("Logger is set - training start")
+    reporting.log_params(logger, cfg)
+    tb = reporting.TensorBoard(os.path.join(out, "tb"))
+
+    dataset = data.load(cfg.dataset, cfg.data_dir)
+    info = dataset.info
+    w_idx, a_idx = data.search_split(len(dataset.train_labels), cfg.train_portion)
+    steps = len(w_idx) // cfg.batch_size
+    if steps < 1:
+        raise ValueError(
+            f"--batch_size {cfg.batch_size} exceeds the {len(w_idx)} weight-split images"
+        )
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+
+    model = SearchNetwork(
+        cfg.init_channels, info.num_classes, cfg.layers, cfg.n_nodes, cfg.stem_multiplier
+    )
+    schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)
+    w_tx = optim.weight_optimizer(schedule, cfg.w_momentum, cfg.w_weight_decay, cfg.w_grad_clip)
+    a_tx = optim.alpha_optimizer(cfg.alpha_lr, cfg.alpha_weight_decay)
+    input_shape = (cfg.batch_size, info.size, info.size, info.channels)
+    state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, w_tx, a_tx)
+    logger.info(
+        f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
+        f"alpha gradient: {cfg.alpha_grad}"
+    )
+
+    ckpts = checkpoint.Checkpoints(ckpt_dir)
+    start_epoch, best_top1, best_genotype = 0, -1.0, None
+    if cfg.resume and ckpts.latest_step() is not None:
+        state, meta = ckpts.restore(state)
+        start_epoch, best_top1 = meta["epoch"] + 1, meta["best_top1"]
+        best_genotype = genotypes.from_str(meta["best_genotype"])
+        logger.info(f"Resumed from {ckpt_dir} after epoch {start_epoch}")
+
+    train_aug = augment.make_augment(info, train=True)
+    train_step = jax.jit(
+        make_train_step(
+            model,
+            w_tx,
+            a_tx,
+            schedule,
+            train_aug,
+            Hyper(cfg.alpha_grad, cfg.w_momentum, cfg.w_weight_decay),
+        ),
+        donate_argnums=0,
+    )
+    # pt.darts validates on the alpha half through the same (augmented) loader.
+    eval_fn = make_masked_eval(model, train_aug)
+    gather = jax.jit(_gather)
+    images_dev = jax.device_put(dataset.train_images)
+    labels_dev = jax.device_put(dataset.train_labels)
+    eval_rng = jax.random.PRNGKey(cfg.seed + 1)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        w_batches = data.epoch_batches(w_idx, cfg.batch_size, cfg.seed, epoch, 0)[:steps]
+        a_batches = data.epoch_batches(a_idx, cfg.batch_size, cfg.seed, epoch, 1)
+        a_batches = np.resize(a_batches, (steps, cfg.batch_size))  # cycle if the halves differ
+        logger.info(f"Epoch {epoch} LR {float(schedule(epoch * steps)):.6f}")
+        totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0}
+        pending = []
+        bar = tqdm(
+            total=steps,
+            desc=f"search {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            file=sys.stderr,
+            leave=False,
+        )
+        t0 = time.time()
+        for i in range(steps):
+            ti, tl = gather(images_dev, labels_dev, w_batches[i])
+            vi, vl = gather(images_dev, labels_dev, a_batches[i])
+            batch = {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            bar.update(1)
+            if i % cfg.print_freq == 0 or i == steps - 1:
+                fetched = jax.device_get(pending)  # the only host sync: at print points
+                first_step = epoch * steps + i - len(fetched) + 1
+                for j, m in enumerate(fetched):
+                    for k in totals:
+                        totals[k] += float(m[k])
+                    for k in ("loss", "top1", "top5"):
+                        tb.scalar(f"train/{k}", m[k], first_step + j)
+                done = i + 1
+                avg = {k: v / done for k, v in totals.items()}
+                logger.info(
+                    reporting.step_line(
+                        "Train", epoch, cfg.epochs, i, steps, avg["loss"], avg["top1"], avg["top5"]
+                    )
+                )
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", top1=f"{avg['top1']:.1%}")
+                pending = []
+        bar.close()
+        cur_step = (epoch + 1) * steps
+        tb.scalar("train/lr", float(schedule(epoch * steps)), cur_step)
+        logger.info(reporting.final_line("Train", epoch, cfg.epochs, totals["top1"] / steps))
+        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
+
+        val = evaluate(
+            eval_fn,
+            state,
+            images_dev,
+            labels_dev,
+            a_idx,
+            cfg.batch_size,
+            jax.random.fold_in(eval_rng, epoch),
+        )
+        logger.info(
+            reporting.step_line(
+                "Valid", epoch, cfg.epochs, steps - 1, steps, val["loss"], val["top1"], val["top5"]
+            )
+        )
+        logger.info(reporting.final_line("Valid", epoch, cfg.epochs, val["top1"]))
+        for k in ("loss", "top1", "top5"):
+            tb.scalar(f"val/{k}", val[k], cur_step)
+
+        alphas = jax.device_get(state.alphas)
+        reporting.log_alphas(logger, alphas, cfg.n_nodes)
+        genotype = genotypes.derive(alphas)
+        logger.info(f"genotype = {genotypes.to_str(genotype)}")
+        plot.plot_genotype(
+            genotype, os.path.join(out, "plots", f"EP{epoch + 1:02d}"), f"Epoch {epoch + 1}"
+        )
+        if val["top1"] > best_top1:
+            best_top1, best_genotype = val["top1"], genotype
+        ckpts.save(
+            epoch,
+            state,
+            {
+                "epoch": epoch,
+                "best_top1": best_top1,
+                "best_genotype": genotypes.to_str(best_genotype),
+                "genotype": genotypes.to_str(genotype),
+            },
+        )
+        logger.info("")
+
+    if best_genotype is None:
+        raise RuntimeError("no epoch was run: --epochs is already reached by the checkpoint")
+    logger.info(f"Final best Prec@1 = {best_top1:.4%}")
+    logger.info(f"Best Genotype = {genotypes.to_str(best_genotype)}")
+    with open(os.path.join(out, "genotype.txt"), "w") as f:
+        f.write(genotypes.to_str(best_genotype) + "\n")
+    plot.plot_genotype(best_genotype, os.path.join(out, "plots", "best"), "Best")
+    tb.close()
+    ckpts.close()
+    return best_genotype

@@ -1,0 +1,25 @@
+"""DARTS architecture search (pt.darts's search.py flags): python train_search.py --help."""
+
+import sys
+
+from darts_jax.config import SearchConfig, parse_args
+from darts_jax.data import DataMissingError
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv, SearchConfig, "DARTS search with exact second-order alpha gradients")
+    from darts_jax.search_loop import run_search  # imports jax: after flag checks
+
+    try:
+        run_search(cfg)
+    except DataMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
