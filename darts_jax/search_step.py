@@ -128,7 +128,7 @@ def make_train_step(
         metrics = classification_metrics(logits, train_batch[1], loss)
         metrics["lr"] = lr
         metrics["alpha_val_loss"] = val_loss
-        metrics["w_grad_norm"] = optax.global_norm(w_grads)
+        metrics["w_grad_norm"] = optax.tree.norm(w_grads)
         new_state = SearchState(
             step=state.step + 1,
             params=params,

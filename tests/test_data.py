@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from darts_jax import augment, data
+
+
+def test_digits_is_embedded_and_split():
+    ds = data.load("digits")
+    assert ds.train_images.shape == (1437, 8, 8, 1) and ds.train_images.dtype == np.uint8
+    assert ds.test_images.shape == (360, 8, 8, 1)
+    assert set(np.unique(ds.train_labels)) == set(range(10))
+    x = ds.train_images / 255.0
+    assert x.mean() == pytest.approx(ds.info.mean[0], abs=1e-6)
+    assert x.std() == pytest.approx(ds.info.std[0], abs=1e-6)
+
+
+def test_tfds_path_under_mock_data():
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.load("cifar10")
+    assert ds.train_images.shape == (12, 32, 32, 3) and ds.train_images.dtype == np.uint8
+    assert ds.test_labels.shape == (12,) and ds.info.num_classes == 10
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = data.load("fashion_mnist")
+    assert ds.train_images.shape == (6, 28, 28, 1) and ds.info.name == "fashionmnist"
+
+
+def test_missing_data_set_is_one_clear_error(tmp_path):
+    with pytest.raises(data.DataMissingError) as info:
+        data.load("cifar10", data_dir=str(tmp_path))
+    msg = str(info.value)
+    assert "tfds build cifar10 --file_format=array_record" in msg
+    assert str(tmp_path) in msg and "digits" in msg
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet5'"):
+        data.dataset_info("imagenet5")
+    assert data.dataset_info("fashion_mnist").name == "fashionmnist"
+
+
+def test_search_split_halves_and_epoch_batches():
+    w, a = data.search_split(101)
+    assert len(w) == 50 and len(a) == 51 and set(w).isdisjoint(a)
+    b1 = data.epoch_batches(w, 8, seed=2, epoch=0, salt=0)
+    assert b1.shape == (6, 8) and len(set(b1.ravel())) == 48 and set(b1.ravel()) <= set(w)
+    np.testing.assert_array_equal(b1, data.epoch_batches(w, 8, seed=2, epoch=0, salt=0))
+    assert not np.array_equal(b1, data.epoch_batches(w, 8, seed=2, epoch=1, salt=0))
+    with pytest.raises(ValueError, match="exceeds"):
+        data.epoch_batches(w, 64, 0, 0, 0)
+    with pytest.raises(ValueError, match="portion"):
+        data.search_split(10, 1.0)
+
+
+def test_random_crop_keeps_shape_and_pixels_from_padded_image():
+    x = jnp.arange(2 * 8 * 8, dtype=jnp.float32).reshape(2, 8, 8, 1) + 1
+    y = augment.random_crop(jax.random.PRNGKey(0), x, padding=2)
+    assert y.shape == x.shape
+    assert set(np.unique(np.asarray(y))) <= set(np.unique(np.asarray(x))) | {0.0}
+
+
+def test_flip_and_identity_affine():
+    x = jax.random.uniform(jax.random.PRNGKey(1), (16, 6, 6, 1))
+    flipped = augment.random_flip(jax.random.PRNGKey(2), x, axis=2)
+    for i in range(16):
+        assert np.allclose(flipped[i], x[i]) or np.allclose(flipped[i], x[i, :, ::-1])
+    same = augment.random_affine(jax.random.PRNGKey(3), x, degrees=0, translate=0, scale=(1, 1), shear=0)
+    np.testing.assert_allclose(same, x)
+    moved = augment.random_affine(jax.random.PRNGKey(3), x)
+    assert moved.shape == x.shape and not np.allclose(moved, x)
+
+
+def test_cutout_zeroes_at_most_a_square():
+    x = jnp.ones((8, 10, 10, 2))
+    y = augment.cutout(jax.random.PRNGKey(0), x, 4)
+    zeros = np.asarray((y == 0).sum(axis=(1, 2, 3)))
+    assert (zeros <= 4 * 4 * 2).all() and (zeros > 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_train_augment_shapes_and_ranges(name):
+    info = data.dataset_info(name)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, info.size, info.size, info.channels)), jnp.uint8)
+    y = augment.make_augment(info, train=True)(jax.random.PRNGKey(0), x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    lo = min((0 - m) / s for m, s in zip(info.mean, info.std))
+    hi = max((1 - m) / s for m, s in zip(info.mean, info.std))
+    assert float(y.min()) >= lo - 1e-5 and float(y.max()) <= hi + 1e-5
+    z = augment.make_augment(info, train=False)(jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(z, augment.normalize(x, info.mean, info.std))

@@ -1,0 +1,106 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from darts_jax import ops
+
+
+def _ref_depthwise(x, kernel, stride, dilation):
+    """Plain per-channel convolution with numpy loops (NHWC, kernel (k, k, C))."""
+    k = kernel.shape[0]
+    pad = dilation * (k - 1) // 2
+    n, h, w, c = x.shape
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    out = np.zeros((n, ho, wo, c))
+    for i in range(ho):
+        for j in range(wo):
+            for a in range(k):
+                for b in range(k):
+                    out[:, i, j] += xp[:, i * stride + a * dilation, j * stride + b * dilation] * kernel[a, b]
+    return out
+
+
+@pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 1, 2)])
+def test_depthwise_conv_matches_reference(k, stride, dilation):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    kernel = rng.normal(size=(k, k, 3)).astype(np.float32)
+    want = _ref_depthwise(x, kernel, stride, dilation)
+    for fn in (ops.depthwise_conv, ops.depthwise_conv_shifted):
+        np.testing.assert_allclose(fn(jnp.asarray(x), jnp.asarray(kernel), stride, dilation), want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_broadcasts_one_input_over_edge_kernels():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 8, 8, 1, 2, 3)).astype(np.float32)  # (N, H, W, 1, S, C)
+    kernel = rng.normal(size=(3, 3, 4, 2, 3)).astype(np.float32)  # (k, k, M, S, C)
+    y = ops.depthwise_conv(jnp.asarray(x), jnp.asarray(kernel), 1, 1)
+    assert y.shape == (2, 8, 8, 4, 2, 3)
+    want = _ref_depthwise(x[:, :, :, 0, 1], kernel[:, :, 3, 1], 1, 1)
+    np.testing.assert_allclose(y[:, :, :, 3, 1], want, rtol=1e-5, atol=1e-5)
+
+
+def test_avg_pool_excludes_padding():
+    x = jnp.ones((1, 5, 5, 2))
+    np.testing.assert_allclose(ops.avg_pool_3x3(x, 1), 1.0, rtol=1e-6)
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    # top-left window covers rows/cols 0..1: mean of 0, 1, 4, 5
+    assert float(ops.avg_pool_3x3(x, 1)[0, 0, 0, 0]) == pytest.approx(2.5)
+    assert ops.avg_pool_3x3(x, 2).shape == (1, 2, 2, 1)
+
+
+def test_max_pool_pads_with_minus_infinity():
+    x = -jnp.ones((1, 4, 4, 1))
+    np.testing.assert_array_equal(ops.max_pool_3x3(x, 1), -1.0)
+    assert ops.max_pool_3x3(x, 2).shape == (1, 2, 2, 1)
+
+
+def test_batch_norm_matches_torch_semantics():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(3.0, 2.0, size=(4, 3, 3, 5)))
+    bn = ops.BatchNorm(affine=True)
+    variables = bn.init(jax.random.PRNGKey(0), x, train=True)
+    y, mutated = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)  # biased variance
+    stats = mutated["batch_stats"]
+    n = 4 * 3 * 3
+    np.testing.assert_allclose(stats["mean"], 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    unbiased = x.var(axis=(0, 1, 2)) * n / (n - 1)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * unbiased, rtol=1e-5)
+    y_eval = bn.apply({**variables, "batch_stats": stats}, x, train=False)
+    np.testing.assert_allclose(y_eval, (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5), rtol=1e-5)
+    assert set(variables["params"]) == {"scale", "bias"}
+    assert "params" not in ops.BatchNorm().init(jax.random.PRNGKey(0), x, train=True)
+
+
+def test_factorized_reduce_shapes_and_odd_size_error():
+    fr = ops.FactorizedReduce(6)
+    x = jnp.ones((2, 8, 8, 4))
+    v = fr.init(jax.random.PRNGKey(0), x, train=True)
+    y, _ = fr.apply(v, x, train=True, mutable=["batch_stats"])
+    assert y.shape == (2, 4, 4, 6)
+    with pytest.raises(ValueError, match="even height and width"):
+        fr.apply(v, jnp.ones((2, 7, 7, 4)), train=True, mutable=["batch_stats"])
+
+
+def test_torch_uniform_init_bounds_and_determinism():
+    init = ops.torch_uniform_init(9)
+    a = init(jax.random.PRNGKey(3), (3, 3, 64))
+    b = init(jax.random.PRNGKey(3), (3, 3, 64))
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a).max()) <= 1 / 3
+    assert float(jnp.abs(a).max()) > 0.3
+
+
+def test_pointwise_conv_is_a_per_edge_matmul():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 3, 4, 5)).astype(np.float32)
+    k = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    y = ops.pointwise_conv(jnp.asarray(x), jnp.asarray(k))
+    np.testing.assert_allclose(y[:, :, :, 2], x[:, :, :, 2] @ k[2], rtol=1e-5)
+    conv = lax.conv_general_dilated(jnp.asarray(x[:, :, :, 2]), jnp.asarray(k[2])[None, None], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(y[:, :, :, 2], conv, rtol=1e-5)

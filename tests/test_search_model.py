@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from darts_jax.genotypes import PRIMITIVES
+from darts_jax.search_model import (
+    MixedEdges,
+    SearchNetwork,
+    count_params,
+    init_alphas,
+    init_variables,
+)
+
+
+def _bn(y):
+    mean = y.mean(axis=(0, 1, 2))
+    return (y - mean) / jnp.sqrt(y.var(axis=(0, 1, 2)) + 1e-5)
+
+
+def _dw(x, kernel, stride, dilation):
+    k = kernel.shape[0]
+    pad = dilation * (k - 1) // 2
+    return lax.conv_general_dilated(
+        x, kernel[:, :, None, :], (stride, stride), ((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
+
+
+def _block(p, prefix, x, stride, dilation):
+    return _bn(_dw(jax.nn.relu(x), p[f"{prefix}_dw"][:, :, 0, 0], stride, dilation) @ p[f"{prefix}_pw"][0, 0])
+
+
+def _expected(op, p, x, stride):
+    """Each op written out independently on a single edge (M = S = 1)."""
+    if op == "max_pool_3x3":
+        return _bn(lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))))
+    if op == "avg_pool_3x3":
+        s = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        n = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        return _bn(s / n)
+    if op == "skip_connect":
+        if stride == 1:
+            return x
+        r = jax.nn.relu(x)
+        y = jnp.concatenate([r[:, ::2, ::2] @ p["skip_connect_fr1"][0, 0], r[:, 1::2, 1::2] @ p["skip_connect_fr2"][0, 0]], -1)
+        return _bn(y)
+    if op.startswith("sep_conv"):
+        y = _block(p, f"{op}_1", x, stride, 1)
+        return _block(p, f"{op}_2", y, 1, 1)
+    if op.startswith("dil_conv"):
+        return _block(p, op, x, stride, 2)
+    assert op == "none"
+    return jnp.zeros_like(x[:, ::stride, ::stride])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixed_op_with_one_hot_weights_equals_that_op(stride):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1, 4))
+    mixed = MixedEdges(n_targets=1, stride=stride)
+    weights = jnp.zeros((1, 1, len(PRIMITIVES)))
+    variables = mixed.init(jax.random.PRNGKey(1), x, weights, train=True)
+    apply = jax.jit(lambda w: mixed.apply(variables, x, w, train=True, mutable=["batch_stats"])[0])
+    for j, op in enumerate(PRIMITIVES):
+        out = apply(jax.nn.one_hot(j, len(PRIMITIVES))[None, None])
+        want = _expected(op, variables["params"], x[:, :, :, 0], stride)
+        assert out.shape == (2, 8 // stride, 8 // stride, 1, 1, 4), op
+        np.testing.assert_allclose(out[:, :, :, 0, 0], want, rtol=2e-4, atol=2e-5, err_msg=op)
+
+
+def test_parameter_count_matches_pt_darts_at_default_config():
+    model = SearchNetwork(C=16, num_classes=10, layers=8)
+    alphas = init_alphas(jax.random.PRNGKey(0))
+    variables = init_variables(model, jax.random.PRNGKey(1), (64, 32, 32, 3), alphas)
+    assert count_params(variables["params"]) == 1_930_618
+
+
+def test_forward_shapes_and_bad_alphas():
+    model = SearchNetwork(C=4, num_classes=7, layers=3, n_nodes=2)
+    alphas = init_alphas(jax.random.PRNGKey(0), n_nodes=2)
+    assert alphas["normal"].shape == (5, 8)
+    assert float(jnp.abs(alphas["normal"]).max()) < 1e-2
+    variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
+    x = jnp.ones((3, 8, 8, 1))
+    logits = model.apply(variables, x, alphas, train=False)
+    assert logits.shape == (3, 7)
+    with pytest.raises(ValueError, match="must have shape"):
+        model.apply(variables, x, {"normal": jnp.zeros((14, 8)), "reduce": jnp.zeros((14, 8))}, train=False)
+    with pytest.raises(ValueError, match="keys"):
+        model.apply(variables, x, {"normal": alphas["normal"]}, train=False)

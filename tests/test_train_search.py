@@ -1,0 +1,82 @@
+"""End to end: train_search.py on the embedded digits, tiny network."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import train_search
+from darts_jax import genotypes
+
+TINY = ["--dataset", "digits", "--init_channels", "4", "--layers", "3", "--n_nodes", "2",
+        "--batch_size", "8", "--steps_per_epoch", "3", "--print_freq", "2", "--progress", "false"]
+
+
+def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
+    out = str(tmp_path)
+    assert train_search.main(["--name", "e2e", "--epochs", "1", "--out_dir", out, *TINY]) == 0
+    run = os.path.join(out, "e2e")
+    log = open(os.path.join(run, "e2e.log")).read()
+    assert "Train: [ 1/1] Step 002/002 Loss" in log
+    assert "Valid: [ 1/1] Final Prec@1" in log and "Final best Prec@1 = " in log
+    assert "ALPHA_GRAD=second" in log and "# Alpha - normal" in log
+    genotype = genotypes.from_str(open(os.path.join(run, "genotype.txt")).read())
+    assert len(genotype.normal) == 2
+    assert f"Best Genotype = {genotypes.to_str(genotype)}" in log
+    assert glob.glob(os.path.join(run, "tb", "events.out.tfevents.*"))
+    ext = "png" if shutil.which("dot") else "gv"
+    for kind in ("normal", "reduce"):
+        assert os.path.exists(os.path.join(run, "plots", f"EP01-{kind}.{ext}"))
+
+    # A second run with the same name refuses to overwrite ...
+    assert train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, *TINY]) == 2
+    # ... and --resume continues after the saved epoch.
+    assert train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, "--resume", *TINY]) == 0
+    log = open(os.path.join(run, "e2e.log")).read()
+    assert "Resumed from" in log and "Train: [ 2/2] Final Prec@1" in log
+    assert "Train: [ 1/2]" not in log  # epoch 1 was not run again
+
+
+def test_existing_run_without_resume_exits_2(tmp_path, capsys):
+    os.makedirs(tmp_path / "x" / "checkpoints" / "0")
+    assert train_search.main(["--name", "x", "--out_dir", str(tmp_path), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
+    code = train_search.main(["--name", "m", "--dataset", "cifar10", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path)])
+    assert code == 2
+    assert "tfds build cifar10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--w_lr", "0"], "--w_lr must be > 0"),
+        (["--gpus", "a,b"], "--gpus must be"),
+        (["--dataset", "svhn"], "unknown dataset"),
+        (["--alpha_grad", "exact"], "invalid choice"),
+        (["--batch_size", "x"], "invalid int value"),
+        (["--init_channels", "5"], "must be even"),
+    ],
+)
+def test_bad_flags_give_one_clear_message(flags, message, capsys):
+    args = ["--name", "b", "--dataset", "digits"]
+    for i in range(0, len(flags), 2):
+        if flags[i] in args:
+            args[args.index(flags[i]) + 1] = flags[i + 1]
+        else:
+            args += flags[i : i + 2]
+    with pytest.raises(SystemExit) as info:
+        train_search.main(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_import_darts_jax_does_not_import_torch():
+    code = "import sys, darts_jax, darts_jax.search_loop, darts_jax.bench; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
