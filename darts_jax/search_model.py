@@ -26,9 +26,6 @@ from darts_jax import ops
 from darts_jax.genotypes import PRIMITIVES, edge_offsets, num_edges
 
 _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
-# (kernel size, dilation) of the conv ops; sep convs apply their conv block twice.
-_SEP_CONVS = {"sep_conv_3x3": 3, "sep_conv_5x5": 5}
-_DIL_CONVS = {"dil_conv_3x3": 3, "dil_conv_5x5": 5}
 
 
 class MixedEdges(nn.Module):
@@ -37,6 +34,14 @@ class MixedEdges(nn.Module):
     ``x_nhwsc``: (N, H, W, S, C) source states; ``weights_mso``: (M, S, n_ops)
     softmaxed alphas. Returns (N, H', W', M, S, C), the mixed output per edge.
     Parameters carry a leading (M, S) edge grid.
+
+    The four conv ops run as three conv blocks over a leading pair axis, so XLA
+    sees half the convolutions: (sep_conv_3x3, sep_conv_5x5) first halves and
+    second halves at dilation 1, (dil_conv_3x3, dil_conv_5x5) at dilation 2. A
+    3x3 kernel enters a pair zero-padded to 5x5, which at the same dilation
+    and 'same' padding is the same convolution; the weights keep their own
+    shapes (k, k, M, S, C), so only real taps are trained. The BN statistics
+    of a pair are one (2, M, S, C) entry, pair member first.
     """
 
     n_targets: int
@@ -48,36 +53,43 @@ class MixedEdges(nn.Module):
         edges = (self.n_targets, n_src)
         stride = self.stride
         # Declare every parameter and BN first, so that `init` can skip the compute.
-        blocks = {}  # prefix -> (kernel size, dilation, depthwise, pointwise)
-        for name, k in _SEP_CONVS.items():
-            blocks[f"{name}_1"] = (k, 1)
-            blocks[f"{name}_2"] = (k, 1)
-        for name, k in _DIL_CONVS.items():
-            blocks[name] = (k, 2)
-        for prefix, (k, dilation) in blocks.items():
-            dw = self.param(f"{prefix}_dw", ops.torch_uniform_init(k * k), (k, k, *edges, c))
-            pw = self.param(f"{prefix}_pw", ops.torch_uniform_init(c), (*edges, c, c))
-            blocks[prefix] = (k, dilation, dw, pw)
+        pairs = {  # pair name -> (dilation, stride, (prefix, kernel size) per member)
+            "sep_convs_1": (1, stride, (("sep_conv_3x3_1", 3), ("sep_conv_5x5_1", 5))),
+            "sep_convs_2": (1, 1, (("sep_conv_3x3_2", 3), ("sep_conv_5x5_2", 5))),
+            "dil_convs": (2, stride, (("dil_conv_3x3", 3), ("dil_conv_5x5", 5))),
+        }
+        kernels = {}
+        for pair, (_, _, members) in pairs.items():
+            dws, pws = [], []
+            for prefix, k in members:
+                dw = self.param(f"{prefix}_dw", ops.torch_uniform_init(k * k), (k, k, *edges, c))
+                pad = (5 - k) // 2  # embed 3x3 in 5x5: same conv at the same dilation
+                dws.append(jnp.pad(dw, ((pad, pad), (pad, pad)) + ((0, 0),) * 3))
+                pws.append(self.param(f"{prefix}_pw", ops.torch_uniform_init(c), (*edges, c, c)))
+            kernels[pair] = (jnp.stack(dws, axis=2), jnp.stack(pws))  # (5,5,2,M,S,C), (2,M,S,C,C)
         if stride == 2:  # skip_connect is a FactorizedReduce per edge
             fr_init = ops.torch_uniform_init(c)
             fr1 = self.param("skip_connect_fr1", fr_init, (*edges, c, c // 2))
             fr2 = self.param("skip_connect_fr2", fr_init, (*edges, c, c // 2))
-        edge_bns = [f"{p}_bn" for p in blocks] + (["skip_connect_bn"] if stride == 2 else [])
-        bns = {b: ops.BatchNorm(name=b) for b in ["max_pool_3x3_bn", "avg_pool_3x3_bn", *edge_bns]}
+        bn_shapes = {"max_pool_3x3_bn": (n_src, c), "avg_pool_3x3_bn": (n_src, c)}
+        bn_shapes.update({f"{pair}_bn": (2, *edges, c) for pair in pairs})
+        if stride == 2:
+            bn_shapes["skip_connect_bn"] = (*edges, c)
+        bns = {b: ops.BatchNorm(name=b) for b in bn_shapes}
         out_shape = (n, ops.out_size(h, stride), ops.out_size(w, stride), *edges, c)
         if self.is_initializing():
             for b, bn in bns.items():
-                shape = (n_src, c) if "pool" in b else (*edges, c)
-                bn(jax.ShapeDtypeStruct((1, 1, 1, *shape), x_nhwsc.dtype), train)
+                bn(jax.ShapeDtypeStruct((1, 1, 1, *bn_shapes[b]), x_nhwsc.dtype), train)
             return jnp.zeros(out_shape, x_nhwsc.dtype)
 
-        def conv_block(prefix, y, stride):
-            """ReLU'd input -> depthwise k x k -> pointwise -> BN, per edge."""
-            k, dilation, dw, pw = blocks[prefix]
-            y = ops.pointwise_conv(ops.depthwise_conv(y, dw, stride, dilation), pw)
-            return bns[f"{prefix}_bn"](y, train)
+        def conv_pair(pair, y):
+            """Depthwise 5x5 -> pointwise -> BN for both members of a pair at once."""
+            dilation, pair_stride, _ = pairs[pair]
+            dw, pw = kernels[pair]
+            y = ops.pointwise_conv(ops.depthwise_conv(y, dw, pair_stride, dilation), pw)
+            return bns[f"{pair}_bn"](y, train)
 
-        x_relu = nn.relu(x_nhwsc)[:, :, :, None]  # (N, H, W, 1, S, C): broadcast over targets
+        x_relu = nn.relu(x_nhwsc)[:, :, :, None, None]  # (N, H, W, 1, 1, S, C)
         max_pool = ops.max_pool_3x3(x_nhwsc, stride)
         avg_pool = ops.avg_pool_3x3(x_nhwsc, stride)
         terms = {
@@ -87,14 +99,13 @@ class MixedEdges(nn.Module):
         if stride == 1:
             terms["skip_connect"] = x_nhwsc[:, :, :, None]
         else:
-            even, odd = ops.factorized_reduce_inputs(x_relu)
+            even, odd = ops.factorized_reduce_inputs(x_relu[:, :, :, 0])
             y = jnp.concatenate([ops.pointwise_conv(even, fr1), ops.pointwise_conv(odd, fr2)], -1)
             terms["skip_connect"] = bns["skip_connect_bn"](y, train)
-        for name in _SEP_CONVS:
-            y = conv_block(f"{name}_1", x_relu, stride)
-            terms[name] = conv_block(f"{name}_2", nn.relu(y), 1)
-        for name in _DIL_CONVS:
-            terms[name] = conv_block(name, x_relu, stride)
+        sep = conv_pair("sep_convs_2", nn.relu(conv_pair("sep_convs_1", x_relu)))
+        dil = conv_pair("dil_convs", x_relu)
+        terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[:, :, :, 0], sep[:, :, :, 1]
+        terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[:, :, :, 0], dil[:, :, :, 1]
         # `none` contributes exactly zero and is left out of the sum; its alpha
         # still matters through the softmax normalisation.
         out = None

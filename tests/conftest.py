@@ -7,6 +7,8 @@ import jax
 
 # Reuse compiled programs between tests (and between e2e runs that build the
 # same step); compiles dominate the suite's time on 2 cores.
-_cache = os.environ.get("DARTS_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "darts_jax_test_xla_cache"))
+_cache = os.environ.get(
+    "DARTS_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "darts_jax_test_xla_cache")
+)
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

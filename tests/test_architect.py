@@ -34,7 +34,9 @@ def problem():
 
 
 def _virtual(momentum, xi):
-    return architect.VirtualStep(xi=jnp.float64(xi), momentum_buffer=momentum, momentum=0.9, weight_decay=3e-4)
+    return architect.VirtualStep(
+        xi=jnp.float64(xi), momentum_buffer=momentum, momentum=0.9, weight_decay=3e-4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +46,26 @@ def grads(problem):
     with jax.enable_x64(True):
         step = _virtual(momentum, 0.5)
         out = {
-            mode: jax.jit(lambda p, a, s, t, v, m=mode: architect.alpha_grad(m, loss_fn, p, a, s, t, v, step))(
-                params, alphas, stats, train, val
-            )[1]
+            mode: jax.jit(
+                lambda p, a, s, t, v, m=mode: architect.alpha_grad(m, loss_fn, p, a, s, t, v, step)
+            )(params, alphas, stats, train, val)[1]
             for mode in ("first", "second")
         }
         # A small radius: the official 0.01 crosses ReLU/max-pool kinks on a net this small.
-        out["fd"] = jax.jit(lambda p, a, s, t, v: architect.finite_difference(loss_fn, p, a, s, t, v, step, radius=1e-6))(
-            params, alphas, stats, train, val
-        )[1]
+        out["fd"] = jax.jit(
+            lambda p, a, s, t, v: architect.finite_difference(
+                loss_fn, p, a, s, t, v, step, radius=1e-6
+            )
+        )(params, alphas, stats, train, val)[1]
         train_grad = jax.grad(lambda p: loss_fn(p, alphas, stats, *train)[0])(params)
         w_virtual = architect.virtual_weights(params, train_grad, step)
         # Independent route: d/dalpha L_val(w'(alpha), alpha) = dL_val/dalpha - xi * H v',
         # with H v' by forward-over-reverse (jvp of the alpha gradient along v').
         v_w = jax.grad(lambda w: loss_fn(w, alphas, stats, *val)[0])(w_virtual)
         d_alpha = jax.grad(lambda a: loss_fn(w_virtual, a, stats, *val)[0])(alphas)
-        hvp = jax.jvp(lambda w: jax.grad(lambda a: loss_fn(w, a, stats, *train)[0])(alphas), (params,), (v_w,))[1]
+        hvp = jax.jvp(
+            lambda w: jax.grad(lambda a: loss_fn(w, a, stats, *train)[0])(alphas), (params,), (v_w,)
+        )[1]
         out["manual"] = tree_map(lambda d, h: d - 0.5 * h, d_alpha, hvp)
         out["d_alpha_at_virtual"] = d_alpha
     return {k: _flat(v) for k, v in out.items()}
@@ -84,7 +90,9 @@ def test_second_order_differs_from_first_order(grads):
 def test_exact_with_zero_xi_equals_first_order(problem):
     loss_fn, params, alphas, stats, train, val, momentum = problem
     with jax.enable_x64(True):
-        exact = architect.exact(loss_fn, params, alphas, stats, train, val, _virtual(momentum, 0.0))[1]
+        exact = architect.exact(
+            loss_fn, params, alphas, stats, train, val, _virtual(momentum, 0.0)
+        )[1]
         first = architect.first_order(loss_fn, params, alphas, stats, val)[1]
         np.testing.assert_allclose(_flat(exact), _flat(first), rtol=1e-12, atol=1e-15)
 
@@ -94,7 +102,9 @@ def test_virtual_weights_formula():
     g = {"a": jnp.array([0.5, 0.25])}
     v = {"a": jnp.array([1.0, 1.0])}
     out = architect.virtual_weights(w, g, architect.VirtualStep(0.1, v, 0.9, 0.01))
-    np.testing.assert_allclose(out["a"], [1.0 - 0.1 * (0.9 + 0.5 + 0.01), -2.0 - 0.1 * (0.9 + 0.25 - 0.02)], rtol=1e-6)
+    np.testing.assert_allclose(
+        out["a"], [1.0 - 0.1 * (0.9 + 0.5 + 0.01), -2.0 - 0.1 * (0.9 + 0.25 - 0.02)], rtol=1e-6
+    )
 
 
 def test_unknown_mode_is_an_error(problem):

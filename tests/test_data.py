@@ -66,7 +66,9 @@ def test_flip_and_identity_affine():
     flipped = augment.random_flip(jax.random.PRNGKey(2), x, axis=2)
     for i in range(16):
         assert np.allclose(flipped[i], x[i]) or np.allclose(flipped[i], x[i, :, ::-1])
-    same = augment.random_affine(jax.random.PRNGKey(3), x, degrees=0, translate=0, scale=(1, 1), shear=0)
+    same = augment.random_affine(
+        jax.random.PRNGKey(3), x, degrees=0, translate=0, scale=(1, 1), shear=0
+    )
     np.testing.assert_allclose(same, x)
     moved = augment.random_affine(jax.random.PRNGKey(3), x)
     assert moved.shape == x.shape and not np.allclose(moved, x)
@@ -82,11 +84,14 @@ def test_cutout_zeroes_at_most_a_square():
 @pytest.mark.parametrize("name", sorted(data.DATASETS))
 def test_train_augment_shapes_and_ranges(name):
     info = data.dataset_info(name)
-    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, info.size, info.size, info.channels)), jnp.uint8)
+    x = jnp.asarray(
+        np.random.default_rng(0).integers(0, 256, (4, info.size, info.size, info.channels)),
+        jnp.uint8,
+    )
     y = augment.make_augment(info, train=True)(jax.random.PRNGKey(0), x)
     assert y.shape == x.shape and y.dtype == jnp.float32
-    lo = min((0 - m) / s for m, s in zip(info.mean, info.std))
-    hi = max((1 - m) / s for m, s in zip(info.mean, info.std))
+    lo = min((0 - m) / s for m, s in zip(info.mean, info.std, strict=True))
+    hi = max((1 - m) / s for m, s in zip(info.mean, info.std, strict=True))
     assert float(y.min()) >= lo - 1e-5 and float(y.max()) <= hi + 1e-5
     z = augment.make_augment(info, train=False)(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(z, augment.normalize(x, info.mean, info.std))

@@ -58,20 +58,43 @@ def test_pt_darts_str_of_namedtuple_is_our_text():
     "text, fragment",
     [
         (SEED_CIFAR10.replace("sep_conv_3x3", "conv_7x7", 1), "unknown op 'conv_7x7'"),
-        (SEED_CIFAR10.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 5)"), "valid inputs are 0..2"),
-        (SEED_CIFAR10.replace("reduce_concat=range(2, 6)", "reduce_concat=range(2, 9)"), "reduce_concat"),
-        (SEED_CIFAR10.replace("[('skip_connect', 2), ('max_pool_3x3', 0)]]", "]").replace("[('skip_connect', 3), ('max_pool_3x3', 0)], ]", "]"), "nodes"),
-        ("Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[('sep_conv_3x3', 0)], reduce_concat=[2])", "two edges per node"),
+        (
+            SEED_CIFAR10.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 5)"),
+            "valid inputs are 0..2",
+        ),
+        (
+            SEED_CIFAR10.replace("reduce_concat=range(2, 6)", "reduce_concat=range(2, 9)"),
+            "reduce_concat",
+        ),
+        (
+            SEED_CIFAR10.replace("[('skip_connect', 2), ('max_pool_3x3', 0)]]", "]").replace(
+                "[('skip_connect', 3), ('max_pool_3x3', 0)], ]", "]"
+            ),
+            "nodes",
+        ),
+        (
+            "Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=[2], reduce=[('sep_conv_3x3', 0)], reduce_concat=[2])",
+            "two edges per node",
+        ),
         ("__import__('os').system('touch /tmp/darts_jax_pwned')", "Genotype"),
-        ("Genotype(normal=__import__('os').listdir('.'), normal_concat=range(2, 6), reduce=[], reduce_concat=range(2, 6))", "non-empty list"),
+        (
+            "Genotype(normal=__import__('os').listdir('.'), normal_concat=range(2, 6), reduce=[], reduce_concat=range(2, 6))",
+            "non-empty list",
+        ),
         ("Genotype(**{'normal': 1})", "field"),
-        ("Genotype(normal=[[('sep_conv_3x3', 0)]], normal_concat=range(2, 3), reduce=[[(open('x'), 0)]], reduce_concat=range(2, 3))", "string literal"),
+        (
+            "Genotype(normal=[[('sep_conv_3x3', 0)]], normal_concat=range(2, 3), reduce=[[(open('x'), 0)]], reduce_concat=range(2, 3))",
+            "string literal",
+        ),
         ("lambda: 0", "Genotype"),
         ("[" * 5000 + "]" * 5000, "Genotype"),
         ("x" * 30000, "characters"),
         ("", "parseable"),
         ("Genotype(normal=[[('sep_conv_3x3', 0)]], normal_concat=range(2, 3))", "missing"),
-        ("Genotype(normal=[[('sep_conv_3x3', 0.5)]], normal_concat=range(2, 3), reduce=[[('sep_conv_3x3', 0)]], reduce_concat=range(2, 3))", "integer literal"),
+        (
+            "Genotype(normal=[[('sep_conv_3x3', 0.5)]], normal_concat=range(2, 3), reduce=[[('sep_conv_3x3', 0)]], reduce_concat=range(2, 3))",
+            "integer literal",
+        ),
     ],
 )
 def test_bad_and_hostile_texts_raise_value_error_and_execute_nothing(text, fragment):

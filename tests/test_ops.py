@@ -19,7 +19,9 @@ def _ref_depthwise(x, kernel, stride, dilation):
         for j in range(wo):
             for a in range(k):
                 for b in range(k):
-                    out[:, i, j] += xp[:, i * stride + a * dilation, j * stride + b * dilation] * kernel[a, b]
+                    out[:, i, j] += (
+                        xp[:, i * stride + a * dilation, j * stride + b * dilation] * kernel[a, b]
+                    )
     return out
 
 
@@ -30,7 +32,9 @@ def test_depthwise_conv_matches_reference(k, stride, dilation):
     kernel = rng.normal(size=(k, k, 3)).astype(np.float32)
     want = _ref_depthwise(x, kernel, stride, dilation)
     for fn in (ops.depthwise_conv, ops.depthwise_conv_shifted):
-        np.testing.assert_allclose(fn(jnp.asarray(x), jnp.asarray(kernel), stride, dilation), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            fn(jnp.asarray(x), jnp.asarray(kernel), stride, dilation), want, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_depthwise_conv_broadcasts_one_input_over_edge_kernels():
@@ -72,7 +76,9 @@ def test_batch_norm_matches_torch_semantics():
     unbiased = x.var(axis=(0, 1, 2)) * n / (n - 1)
     np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * unbiased, rtol=1e-5)
     y_eval = bn.apply({**variables, "batch_stats": stats}, x, train=False)
-    np.testing.assert_allclose(y_eval, (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5), rtol=1e-5)
+    np.testing.assert_allclose(
+        y_eval, (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5), rtol=1e-5
+    )
     assert set(variables["params"]) == {"scale", "bias"}
     assert "params" not in ops.BatchNorm().init(jax.random.PRNGKey(0), x, train=True)
 
@@ -102,5 +108,11 @@ def test_pointwise_conv_is_a_per_edge_matmul():
     k = rng.normal(size=(4, 5, 6)).astype(np.float32)
     y = ops.pointwise_conv(jnp.asarray(x), jnp.asarray(k))
     np.testing.assert_allclose(y[:, :, :, 2], x[:, :, :, 2] @ k[2], rtol=1e-5)
-    conv = lax.conv_general_dilated(jnp.asarray(x[:, :, :, 2]), jnp.asarray(k[2])[None, None], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = lax.conv_general_dilated(
+        jnp.asarray(x[:, :, :, 2]),
+        jnp.asarray(k[2])[None, None],
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     np.testing.assert_allclose(y[:, :, :, 2], conv, rtol=1e-5)

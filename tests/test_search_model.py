@@ -23,29 +23,60 @@ def _dw(x, kernel, stride, dilation):
     k = kernel.shape[0]
     pad = dilation * (k - 1) // 2
     return lax.conv_general_dilated(
-        x, kernel[:, :, None, :], (stride, stride), ((pad, pad), (pad, pad)),
-        rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        x,
+        kernel[:, :, None, :],
+        (stride, stride),
+        ((pad, pad), (pad, pad)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=x.shape[-1],
     )
 
 
 def _block(p, prefix, x, stride, dilation):
-    return _bn(_dw(jax.nn.relu(x), p[f"{prefix}_dw"][:, :, 0, 0], stride, dilation) @ p[f"{prefix}_pw"][0, 0])
+    return _bn(
+        _dw(jax.nn.relu(x), p[f"{prefix}_dw"][:, :, 0, 0], stride, dilation)
+        @ p[f"{prefix}_pw"][0, 0]
+    )
 
 
 def _expected(op, p, x, stride):
     """Each op written out independently on a single edge (M = S = 1)."""
     if op == "max_pool_3x3":
-        return _bn(lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))))
+        return _bn(
+            lax.reduce_window(
+                x,
+                -jnp.inf,
+                lax.max,
+                (1, 3, 3, 1),
+                (1, stride, stride, 1),
+                ((0, 0), (1, 1), (1, 1), (0, 0)),
+            )
+        )
     if op == "avg_pool_3x3":
-        s = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
-        n = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        s = lax.reduce_window(
+            x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+        )
+        n = lax.reduce_window(
+            jnp.ones_like(x),
+            0.0,
+            lax.add,
+            (1, 3, 3, 1),
+            (1, stride, stride, 1),
+            ((0, 0), (1, 1), (1, 1), (0, 0)),
+        )
         return _bn(s / n)
     if op == "skip_connect":
         if stride == 1:
             return x
         r = jax.nn.relu(x)
-        y = jnp.concatenate([r[:, ::2, ::2] @ p["skip_connect_fr1"][0, 0], r[:, 1::2, 1::2] @ p["skip_connect_fr2"][0, 0]], -1)
+        y = jnp.concatenate(
+            [
+                r[:, ::2, ::2] @ p["skip_connect_fr1"][0, 0],
+                r[:, 1::2, 1::2] @ p["skip_connect_fr2"][0, 0],
+            ],
+            -1,
+        )
         return _bn(y)
     if op.startswith("sep_conv"):
         y = _block(p, f"{op}_1", x, stride, 1)
@@ -87,6 +118,8 @@ def test_forward_shapes_and_bad_alphas():
     logits = model.apply(variables, x, alphas, train=False)
     assert logits.shape == (3, 7)
     with pytest.raises(ValueError, match="must have shape"):
-        model.apply(variables, x, {"normal": jnp.zeros((14, 8)), "reduce": jnp.zeros((14, 8))}, train=False)
+        model.apply(
+            variables, x, {"normal": jnp.zeros((14, 8)), "reduce": jnp.zeros((14, 8))}, train=False
+        )
     with pytest.raises(ValueError, match="keys"):
         model.apply(variables, x, {"normal": alphas["normal"]}, train=False)

@@ -11,8 +11,24 @@ import pytest
 import train_search
 from darts_jax import genotypes
 
-TINY = ["--dataset", "digits", "--init_channels", "4", "--layers", "3", "--n_nodes", "2",
-        "--batch_size", "8", "--steps_per_epoch", "3", "--print_freq", "2", "--progress", "false"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--init_channels",
+    "4",
+    "--layers",
+    "3",
+    "--n_nodes",
+    "2",
+    "--batch_size",
+    "8",
+    "--steps_per_epoch",
+    "3",
+    "--print_freq",
+    "2",
+    "--progress",
+    "false",
+]
 
 
 def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
@@ -34,7 +50,10 @@ def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
     # A second run with the same name refuses to overwrite ...
     assert train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, *TINY]) == 2
     # ... and --resume continues after the saved epoch.
-    assert train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, "--resume", *TINY]) == 0
+    assert (
+        train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, "--resume", *TINY])
+        == 0
+    )
     log = open(os.path.join(run, "e2e.log")).read()
     assert "Resumed from" in log and "Train: [ 2/2] Final Prec@1" in log
     assert "Train: [ 1/2]" not in log  # epoch 1 was not run again
@@ -47,7 +66,18 @@ def test_existing_run_without_resume_exits_2(tmp_path, capsys):
 
 
 def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
-    code = train_search.main(["--name", "m", "--dataset", "cifar10", "--data_dir", str(tmp_path), "--out_dir", str(tmp_path)])
+    code = train_search.main(
+        [
+            "--name",
+            "m",
+            "--dataset",
+            "cifar10",
+            "--data_dir",
+            str(tmp_path),
+            "--out_dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 2
     assert "tfds build cifar10" in capsys.readouterr().err
 
