@@ -21,7 +21,7 @@ CONFIGS = {
 }
 
 
-def _child(config: str, order: str, steps: int) -> dict:
+def _child(config: str, order: str, steps: int, n_nodes: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -31,7 +31,7 @@ def _child(config: str, order: str, steps: int) -> dict:
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
     c, layers, batch, size, channels = CONFIGS[config]
-    model = SearchNetwork(C=c, num_classes=10, layers=layers)
+    model = SearchNetwork(C=c, num_classes=10, layers=layers, n_nodes=n_nodes)
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 390)
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
     a_tx = optim.alpha_optimizer(3e-4, 1e-3)
@@ -87,11 +87,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="test", choices=sorted(CONFIGS))
     parser.add_argument("--order", default="first,second", help="comma list of first,second,fd")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--n_nodes", type=int, default=4, help="intermediate nodes per cell")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     orders = args.order.split(",")
     if args.child:
-        print(json.dumps(_child(args.config, orders[0], args.steps)), flush=True)
+        print(json.dumps(_child(args.config, orders[0], args.steps, args.n_nodes)), flush=True)
         return 0
     header = f"{'config':8} {'order':6} {'trace+compile s':>15} {'s/step':>8} {'img/s':>8} {'peak GB':>8}"
     print(header)
