@@ -1,0 +1,73 @@
+"""The final network: parameter counts, shapes, aux head, drop path (shape evaluation: no compile)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from darts_jax import genotypes as G
+from darts_jax.final_model import FinalNetwork, count_params_excluding_aux, drop_path
+
+RNGS = {"params": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
+
+
+def _shapes(model, x_shape, train=True):
+    return jax.eval_shape(lambda: model.init(RNGS, jnp.zeros(x_shape), train=train))
+
+
+@pytest.mark.parametrize("genotype, millions", [(G.CIFAR10, 2.84), (G.DARTS_V2, 3.35)])
+def test_parameter_counts_at_c36_20_cells(genotype, millions):
+    variables = _shapes(FinalNetwork(genotype, C=36, num_classes=10, layers=20), (2, 32, 32, 3))
+    assert round(count_params_excluding_aux(variables["params"]) / 1e6, 2) == millions
+    assert "aux_head" in variables["params"]
+
+
+def test_output_shapes_and_aux_head_only_in_training():
+    model = FinalNetwork(G.MNIST, C=4, num_classes=7, layers=3)
+    variables = _shapes(model, (2, 32, 32, 1))
+    train_out = jax.eval_shape(
+        lambda v: model.apply(
+            v,
+            jnp.zeros((3, 32, 32, 1)),
+            train=True,
+            drop_prob=0.2,
+            rngs={"drop_path": RNGS["drop_path"]},
+            mutable=["batch_stats"],
+        ),
+        variables,
+    )
+    (logits, aux), _ = train_out
+    assert logits.shape == (3, 7) and aux.shape == (3, 7)
+    eval_out = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((3, 32, 32, 1)), train=False), variables
+    )
+    assert eval_out.shape == (3, 7)
+    no_aux = FinalNetwork(G.MNIST, C=4, num_classes=7, layers=3, auxiliary=False)
+    assert "aux_head" not in _shapes(no_aux, (2, 32, 32, 1))["params"]
+
+
+def test_drop_path_keeps_the_expectation():
+    x = jnp.ones((20000, 1, 1, 1))
+    y = drop_path(x, jnp.float32(0.3), jax.random.PRNGKey(0))
+    assert float((y == 0).mean()) == pytest.approx(0.3, abs=0.02)
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.03)
+    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / 0.7], rtol=1e-6)
+
+
+def test_drop_path_is_off_at_eval_and_active_in_training():
+    model = FinalNetwork(G.CIFAR10, C=4, num_classes=3, layers=2, auxiliary=False)
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3))
+    variables = model.init(RNGS, x, train=False)
+    eval_fn = jax.jit(lambda v, p: model.apply(v, x, train=False, drop_prob=p))
+    np.testing.assert_array_equal(eval_fn(variables, 0.0), eval_fn(variables, 0.9))
+    train_fn = jax.jit(
+        lambda v, p, k: model.apply(
+            v, x, train=True, drop_prob=p, rngs={"drop_path": k}, mutable=["batch_stats"]
+        )[0]
+    )
+    a = train_fn(variables, 0.5, jax.random.PRNGKey(3))
+    b = train_fn(variables, 0.5, jax.random.PRNGKey(4))
+    c = train_fn(variables, 0.0, jax.random.PRNGKey(3))
+    d = train_fn(variables, 0.0, jax.random.PRNGKey(4))
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(c, d, rtol=1e-6)
