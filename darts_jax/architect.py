@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 MODES = ("first", "second", "fd")
@@ -106,7 +105,3 @@ def alpha_grad(mode: str, loss_fn, params, alphas, batch_stats, train_batch, val
     if mode == "fd":
         return finite_difference(loss_fn, params, alphas, batch_stats, train_batch, val_batch, step)
     raise ValueError(f"unknown alpha gradient mode {mode!r}; choose one of {MODES}")
-
-
-def zeros_like_tree(tree):
-    return jax.tree_util.tree_map(jnp.zeros_like, tree)

@@ -29,7 +29,8 @@ def _gather(images, labels, idx):
 
 
 def evaluate(eval_fn, state, images_dev, labels_dev, indices, batch_size, rng) -> dict:
-    """Mean loss, top-1, top-5 over ``indices``, in fixed-size batches (last one padded)."""
+    """Mean loss, top-1, top-5 over ``indices`` (and the batch count 'steps'), in
+    fixed-size batches: the last one is padded and its padding masked out."""
     n = len(indices)
     steps = -(-n // batch_size)
     padded = np.resize(indices, steps * batch_size).reshape(steps, batch_size).astype(np.int32)
@@ -39,7 +40,7 @@ def evaluate(eval_fn, state, images_dev, labels_dev, indices, batch_size, rng) -
         out = eval_fn(state, images_dev, labels_dev, padded[i], mask[i], jax.random.fold_in(rng, i))
         sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    return {k: float(v) / n for k, v in sums.items()}
+    return {**{k: float(v) / n for k, v in sums.items()}, "steps": steps}
 
 
 def make_masked_eval(model, augment_fn):
@@ -187,7 +188,14 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         )
         logger.info(
             reporting.step_line(
-                "Valid", epoch, cfg.epochs, steps - 1, steps, val["loss"], val["top1"], val["top5"]
+                "Valid",
+                epoch,
+                cfg.epochs,
+                val["steps"] - 1,
+                val["steps"],
+                val["loss"],
+                val["top1"],
+                val["top5"],
             )
         )
         logger.info(reporting.final_line("Valid", epoch, cfg.epochs, val["top1"]))

@@ -141,25 +141,3 @@ def make_train_step(
         return new_state, metrics
 
     return step
-
-
-def make_eval_step(
-    model: SearchNetwork, augment: Callable[[jax.Array, jax.Array], jax.Array]
-) -> Callable:
-    """``(state, images, labels, rng) -> metrics`` in eval mode (running BN statistics)."""
-
-    def eval_step(state: SearchState, images, labels, rng):
-        logits = model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            augment(rng, images),
-            state.alphas,
-            train=False,
-        )
-        return classification_metrics(logits, labels, cross_entropy(logits, labels))
-
-    return eval_step
-
-
-def jit_train_step(step: Callable) -> Callable:
-    """Jits a train step once, donating the state."""
-    return jax.jit(step, donate_argnums=0)
