@@ -12,6 +12,7 @@ It imports nothing from the model code, so it stays cheap to import.
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
@@ -276,3 +277,25 @@ NAMED = {
     "MNIST": MNIST,
     "FASHIONMNIST": FASHIONMNIST,
 }
+
+
+def resolve(arg: str) -> Genotype:
+    """A genotype from ``--genotype``: its text, a path to a file holding it
+    (e.g. ``searchs/<name>/genotype.txt``), or a name in NAMED (any case)."""
+    key = arg.strip().upper().replace("-", "_")
+    if key in NAMED:
+        return NAMED[key]
+    if os.path.isfile(arg):
+        if os.path.getsize(arg) > _MAX_TEXT_CHARS:
+            raise ValueError(f"{arg} is too large to hold a genotype")
+        with open(arg, encoding="utf-8") as f:
+            try:
+                return from_str(f.read())
+            except ValueError as e:
+                raise ValueError(f"{arg}: {e}") from None
+    if "Genotype" in arg:
+        return from_str(arg)
+    raise ValueError(
+        f"--genotype {arg[:80]!r} is neither genotype text, an existing file, "
+        f"nor a name ({', '.join(NAMED)})"
+    )

@@ -142,3 +142,17 @@ def test_derive_rejects_bad_shapes():
         G.derive_cell(np.zeros((14, 7)))
     with pytest.raises(ValueError, match="node count"):
         G.derive_cell(np.zeros((13, 8)))
+
+
+def test_resolve_accepts_text_file_and_names(tmp_path):
+    assert G.resolve(SEED_CIFAR10) == G.CIFAR10
+    assert G.resolve("darts_v2") is G.DARTS_V2 and G.resolve("FashionMNIST") is G.FASHIONMNIST
+    path = tmp_path / "genotype.txt"
+    path.write_text(G.to_str(G.MNIST) + "\n")
+    assert G.resolve(str(path)) == G.MNIST
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Genotype(normal=1)")
+    with pytest.raises(ValueError, match="bad.txt"):
+        G.resolve(str(bad))
+    with pytest.raises(ValueError, match="neither genotype text, an existing file, nor a name"):
+        G.resolve("DARTS_V3")
