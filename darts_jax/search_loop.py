@@ -15,11 +15,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting
 from darts_jax.config import SearchConfig
+from darts_jax.metrics import masked_sums
 from darts_jax.search_model import SearchNetwork, count_params
 from darts_jax.search_step import Hyper, create_state, make_train_step
 
@@ -54,15 +54,7 @@ def make_masked_eval(model, augment_fn):
             state.alphas,
             train=False,
         )
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        k = min(5, logits.shape[-1])
-        _, top = jax.lax.top_k(logits, k)
-        hit = top == labels[:, None]
-        return {
-            "loss": jnp.sum(losses * mask),
-            "top1": jnp.sum(hit[:, 0] * mask),
-            "top5": jnp.sum(jnp.any(hit, axis=-1) * mask),
-        }
+        return masked_sums(logits, labels, mask)
 
     return jax.jit(fn)
 
