@@ -72,6 +72,11 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     logger.info("Logger is set - training start")
     reporting.log_params(logger, cfg)
     tb = reporting.TensorBoard(os.path.join(out, "tb"))
+    if cfg.gpus != "0":
+        logger.info(
+            f"--gpus {cfg.gpus}: data-parallel search is not implemented yet; "
+            f"running on one device ({jax.devices()[0]})"
+        )
 
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
