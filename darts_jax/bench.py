@@ -68,6 +68,7 @@ def _child(config: str, order: str, steps: int, n_nodes: int) -> dict:
         "order": order,
         "C": c,
         "layers": layers,
+        "n_nodes": n_nodes,
         "batch": batch,
         "size": size,
         "init_s": round(init_s, 2),
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
             order,
             "--steps",
             str(args.steps),
+            "--n_nodes",
+            str(args.n_nodes),
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
