@@ -1,8 +1,14 @@
-"""Benchmark of the search step: python -m darts_jax.bench --config test --order first,second
+"""Benchmark of the search and final-training steps, side by side with PyTorch.
 
-For each order it runs a fresh child process (so peak memory is that step's
-alone) and prints trace+compile seconds, steady seconds per step, images/s
-(train + val images per step) and peak RSS. Not a test: figures go to README.
+    python -m darts_jax.bench --net search --config test --order first,second
+    python -m darts_jax.bench --net final --config default --torch
+
+Each row runs in a fresh child process (so peak memory is that step's alone)
+and prints trace+compile seconds, steady seconds per step, images/s (search:
+train + val images per step) and peak memory (device peak on a GPU, RSS on
+the CPU). With ``--torch`` every row is followed by the same network in our
+PyTorch reference (``darts_jax.interop.torch_bench``, needs torch) and the
+ratio of step times. Not a test: figures go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,114 +20,192 @@ import subprocess
 import sys
 import time
 
-CONFIGS = {
+SEARCH_CONFIGS = {
     # name: (C, layers, batch, image size, channels)
     "test": (4, 5, 4, 16, 3),
     "default": (16, 8, 64, 32, 3),
 }
+FINAL_CONFIGS = {
+    # The aux head needs >= 6x6 features after cell 2 * layers // 3: 32x32 input.
+    "test": (4, 5, 8, 32, 3),
+    "default": (36, 20, 96, 32, 3),
+}
 
 
-def _child(config: str, order: str, steps: int, n_nodes: int) -> dict:
+def _peak_memory_gb(jax) -> float:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
+        return stats["peak_bytes_in_use"] / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _random_images(rng, batch, size, channels):
+    import numpy as np
+
+    return rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+
+
+def _search_setup(config: str, order: str, n_nodes: int):
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from darts_jax import optim
     from darts_jax.search_model import SearchNetwork
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
-    c, layers, batch, size, channels = CONFIGS[config]
+    c, layers, batch, size, channels = SEARCH_CONFIGS[config]
     model = SearchNetwork(C=c, num_classes=10, layers=layers, n_nodes=n_nodes)
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 390)
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
     a_tx = optim.alpha_optimizer(3e-4, 1e-3)
-    t = time.perf_counter()
     state = create_state(model, jax.random.PRNGKey(0), (batch, size, size, channels), w_tx, a_tx)
-    init_s = time.perf_counter() - t
-    augment = lambda rng, x: x.astype(jnp.float32) / 255.0  # noqa: E731  (model cost only)
-    step = jax.jit(
-        make_train_step(model, w_tx, a_tx, schedule, augment, Hyper(order)), donate_argnums=0
-    )
+    step = make_train_step(model, w_tx, a_tx, schedule, _scale, Hyper(order))
     rng = np.random.default_rng(0)
-    batch_arrays = {
-        "train_images": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
-        "val_images": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
+    arrays = {
+        "train_images": _random_images(rng, batch, size, channels),
+        "val_images": _random_images(rng, batch, size, channels),
         "train_labels": rng.integers(0, 10, (batch,), dtype=np.int32),
         "val_labels": rng.integers(0, 10, (batch,), dtype=np.int32),
     }
-    batch_arrays = jax.device_put(batch_arrays)
+    return state, step, arrays, {"C": c, "layers": layers, "batch": batch, "size": size}, 2
+
+
+def _final_setup(config: str):
+    import jax
+    import numpy as np
+
+    from darts_jax import optim
+    from darts_jax.final_model import FinalNetwork
+    from darts_jax.final_step import FinalHyper, create_state, make_train_step
+    from darts_jax.genotypes import DARTS_V2
+
+    c, layers, batch, size, channels = FINAL_CONFIGS[config]
+    model = FinalNetwork(DARTS_V2, C=c, num_classes=10, layers=layers, auxiliary=True)
+    schedule = optim.epoch_cosine_schedule(0.025, 0.0, 600, 521)
+    tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
+    state = create_state(model, jax.random.PRNGKey(0), (1, size, size, channels), tx)
+    # steps_per_epoch 1, 10 epochs: drop path is active from the first timed step.
+    hyper = FinalHyper(steps_per_epoch=1, epochs=10, drop_path_prob=0.2, aux_weight=0.4)
+    step = make_train_step(model, tx, schedule, _scale, hyper)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "images": _random_images(rng, batch, size, channels),
+        "labels": rng.integers(0, 10, (batch,), dtype=np.int32),
+    }
+    return state, step, arrays, {"C": c, "layers": layers, "batch": batch, "size": size}, 1
+
+
+def _scale(rng, x):
+    """Stand-in augmentation (uint8 -> float): the benchmark measures the model."""
+    del rng
+    return x.astype("float32") / 255.0
+
+
+def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
+    import jax
+
     t = time.perf_counter()
-    lowered = step.lower(state, batch_arrays)
+    if net == "search":
+        state, step, arrays, shape, images_per_sample = _search_setup(config, order, n_nodes)
+    else:
+        state, step, arrays, shape, images_per_sample = _final_setup(config)
+    init_s = time.perf_counter() - t
+    step = jax.jit(step, donate_argnums=0)
+    arrays = jax.device_put(arrays)
+    t = time.perf_counter()
+    lowered = step.lower(state, arrays)
     trace_s = time.perf_counter() - t
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    state, metrics = compiled(state, batch_arrays)
+    state, metrics = compiled(state, arrays)
     jax.block_until_ready(metrics)
     t = time.perf_counter()
     for _ in range(steps):
-        state, metrics = compiled(state, batch_arrays)
+        state, metrics = compiled(state, arrays)
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t) / steps
     return {
+        "framework": "jax",
+        "net": net,
         "config": config,
-        "order": order,
-        "C": c,
-        "layers": layers,
+        "order": order if net == "search" else "-",
+        **shape,
         "n_nodes": n_nodes,
-        "batch": batch,
-        "size": size,
         "init_s": round(init_s, 2),
         "trace_s": round(trace_s, 2),
         "compile_s": round(compile_s, 2),
         "trace_compile_s": round(trace_s + compile_s, 2),
         "step_s": round(step_s, 4),
-        "images_per_s": round(2 * batch / step_s, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "images_per_s": round(images_per_sample * shape["batch"] / step_s, 1),
+        "peak_mem_gb": round(_peak_memory_gb(jax), 2),
         "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
     }
 
 
+def _run_child(cmd: list[str], timeout: float) -> dict | str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    if proc.returncode != 0:
+        return f"failed:\n{proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="test", choices=sorted(CONFIGS))
-    parser.add_argument("--order", default="first,second", help="comma list of first,second,fd")
+    parser.add_argument("--net", default="search", choices=("search", "final"))
+    parser.add_argument("--config", default="test", choices=("test", "default"))
+    parser.add_argument(
+        "--order", default="first,second", help="search: comma list of first,second,fd"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    parser.add_argument("--n_nodes", type=int, default=4, help="intermediate nodes per cell")
+    parser.add_argument(
+        "--n_nodes", type=int, default=4, help="search: intermediate nodes per cell"
+    )
+    parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per row")
+    parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    orders = args.order.split(",")
+    orders = args.order.split(",") if args.net == "search" else ["-"]
     if args.child:
-        print(json.dumps(_child(args.config, orders[0], args.steps, args.n_nodes)), flush=True)
+        row = _child(args.net, args.config, orders[0], args.steps, args.n_nodes)
+        print(json.dumps(row), flush=True)
         return 0
-    header = f"{'config':8} {'order':6} {'trace+compile s':>15} {'s/step':>8} {'img/s':>8} {'peak GB':>8}"
-    print(header)
+    print(
+        f"{'framework':9} {'net':6} {'config':8} {'order':6} {'compile s':>9} {'s/step':>9} "
+        f"{'img/s':>9} {'peak GB':>8}",
+        flush=True,
+    )
     for order in orders:
-        cmd = [
-            sys.executable,
-            "-m",
-            "darts_jax.bench",
-            "--child",
-            "--config",
-            args.config,
-            "--order",
-            order,
-            "--steps",
-            str(args.steps),
-            "--n_nodes",
-            str(args.n_nodes),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{args.config:8} {order:6} failed:\n{proc.stderr[-2000:]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(
-            f"{r['config']:8} {r['order']:6} {r['trace_compile_s']:>15.1f} {r['step_s']:>8.3f} "
-            f"{r['images_per_s']:>8.1f} {r['peak_rss_gb']:>8.2f}   {json.dumps(r)}",
-            flush=True,
-        )
+        common = ["--config", args.config, "--steps", str(args.steps)]
+        jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
+        jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes)]
+        rows = [("jax", _run_child(jax_cmd, args.timeout))]
+        if args.torch:
+            torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]
+            torch_cmd += common + (["--order", order] if args.net == "search" else [])
+            rows.append(("torch", _run_child(torch_cmd, args.timeout)))
+        for framework, r in rows:
+            if isinstance(r, str):
+                print(f"{framework:9} {args.net:6} {args.config:8} {order:6} {r}", flush=True)
+                continue
+            compile_s = r.get("trace_compile_s", r.get("warmup_s", float("nan")))
+            print(
+                f"{framework:9} {args.net:6} {args.config:8} {order:6} {compile_s:>9.1f} "
+                f"{r['step_s']:>9.4f} {r['images_per_s']:>9.1f} {r['peak_mem_gb']:>8.2f}",
+                flush=True,
+            )
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+        if len(rows) == 2 and not any(isinstance(r, str) for _, r in rows):
+            ratio = rows[0][1]["step_s"] / rows[1][1]["step_s"]
+            print(f"{'':9} jax / torch step time: {ratio:.2f}", flush=True)
     return 0
 
 

@@ -46,5 +46,13 @@ class Checkpoints:
         )
         return restored["state"], dict(restored["meta"])
 
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON metadata of a checkpoint alone (e.g. to rebuild its model first)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def close(self) -> None:
         self._manager.close()

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import re
 
-from darts_jax import architect, data
+from darts_jax import architect, data, genotypes
 
 _GPUS_RE = re.compile(r"^(all|\d+(,\d+)*)$")
 
@@ -45,9 +45,7 @@ class SearchConfig:
 
     def validate(self) -> SearchConfig:
         """Raises ValueError with one clear message for the first bad value."""
-        if not re.fullmatch(r"[\w.\-]+", self.name):
-            raise ValueError(f"--name {self.name!r} must be letters, digits, '.', '-' or '_'")
-        data.dataset_info(self.dataset)
+        _check_common(self)
         positive = (
             "batch_size",
             "print_freq",
@@ -82,13 +80,82 @@ class SearchConfig:
             )
         if not 0 < self.train_portion < 1:
             raise ValueError(f"--train_portion must be in (0, 1), got {self.train_portion}")
-        if not _GPUS_RE.match(self.gpus):
-            raise ValueError(f"--gpus must be 'all' or a comma list like '0,1', got {self.gpus!r}")
-        if self.init_channels % 2:
-            raise ValueError(
-                f"--init_channels must be even (FactorizedReduce), got {self.init_channels}"
-            )
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalConfig:
+    """``python train_final.py`` flags. pt.darts's augment.py flags first, with its defaults."""
+
+    name: str
+    dataset: str
+    genotype: str | None = None  # required unless --eval_only reads it from the checkpoint
+    batch_size: int = 96
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    print_freq: int = 200
+    gpus: str = "0"
+    epochs: int = 600
+    init_channels: int = 36
+    layers: int = 20
+    seed: int = 2
+    workers: int = 4
+    aux_weight: float = 0.4
+    cutout_length: int = 16
+    drop_path_prob: float = 0.2
+    # darts_jax additions
+    data_dir: str | None = None
+    out_dir: str = "augments"
+    stem_multiplier: int = 3
+    label_smoothing: float = 0.0
+    steps_per_epoch: int = 0
+    resume: bool = False
+    eval_only: bool = False
+    checkpoint: str | None = None
+    progress: bool = True
+
+    def validate(self) -> FinalConfig:
+        """Raises ValueError with one clear message for the first bad value."""
+        _check_common(self)
+        if self.genotype is None and not self.eval_only:
+            raise ValueError("--genotype is required (text, a file holding it, or a name)")
+        if self.genotype is not None:
+            genotypes.resolve(self.genotype)  # raises ValueError naming the problem
+        for field in ("batch_size", "print_freq", "epochs", "init_channels", "layers"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"--{field} must be >= 1, got {getattr(self, field)}")
+        for field in ("lr", "grad_clip"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"--{field} must be > 0, got {getattr(self, field)}")
+        for field in ("weight_decay", "aux_weight", "cutout_length", "workers", "steps_per_epoch"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"--{field} must be >= 0, got {getattr(self, field)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.drop_path_prob < 1:
+            raise ValueError(f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.checkpoint is not None and not self.eval_only:
+            raise ValueError("--checkpoint is read only with --eval_only")
+        return self
+
+
+def _check_common(cfg) -> None:
+    """Checks shared by both scripts: run name, data set, --gpus, channels."""
+    if not re.fullmatch(r"[\w.\-]+", cfg.name):
+        raise ValueError(f"--name {cfg.name!r} must be letters, digits, '.', '-' or '_'")
+    data.dataset_info(cfg.dataset)
+    if not _GPUS_RE.match(cfg.gpus):
+        raise ValueError(f"--gpus must be 'all' or a comma list like '0,1', got {cfg.gpus!r}")
+    if cfg.init_channels % 2:
+        raise ValueError(
+            f"--init_channels must be even (FactorizedReduce), got {cfg.init_channels}"
+        )
+    if cfg.stem_multiplier < 1:
+        raise ValueError(f"--stem_multiplier must be >= 1, got {cfg.stem_multiplier}")
 
 
 _HELP = {
@@ -96,11 +163,19 @@ _HELP = {
     "dataset": f"one of {sorted(data.DATASETS)} (digits is embedded, no download)",
     "alpha_grad": "alpha gradient: first order, exact second order, or corrected finite difference",
     "data_dir": "tensorflow-datasets data_dir holding prepared data",
-    "steps_per_epoch": "cap on steps per epoch (0: the whole half-split)",
-    "resume": "continue the search saved in <out_dir>/<name>/",
+    "steps_per_epoch": "cap on steps per epoch (0: the whole split)",
+    "resume": "continue the run saved in <out_dir>/<name>/",
     "progress": "show a progress bar per epoch",
     "gpus": "devices: '0', '0,1,2,3' or 'all' (data parallel: a later release)",
     "workers": "kept for pt.darts compatibility; data lives on the device",
+    "genotype": "genotype text (pt.darts or official form), a file holding it, or a name "
+    "(DARTS_V1, DARTS_V2, CIFAR10, MNIST, FASHIONMNIST)",
+    "aux_weight": "weight of the auxiliary head's loss (0: no auxiliary head)",
+    "cutout_length": "cutout square side after normalisation (0: off)",
+    "drop_path_prob": "final drop-path probability, reached linearly over the epochs",
+    "label_smoothing": "label smoothing of the cross-entropy (official ImageNet: 0.1)",
+    "eval_only": "evaluate a checkpoint on the test split, no training",
+    "checkpoint": "with --eval_only: checkpoint folder (default <out_dir>/<name>/best)",
 }
 
 

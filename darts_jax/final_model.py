@@ -133,6 +133,12 @@ class AuxiliaryHead(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         size = x.shape[1]
+        if size < 6:
+            # AvgPool(5, stride size - 5) then a 2x2 conv need at least 6x6 features.
+            raise ValueError(
+                f"the auxiliary head needs >= 6x6 features, got {size}x{size}: the input is "
+                "too small for it; train without it (--aux_weight 0)"
+            )
         x = nn.avg_pool(nn.relu(x), (5, 5), strides=(size - 5, size - 5), padding="VALID")
         c = x.shape[-1]
         k1 = self.param("conv1", ops.torch_uniform_init(c), (c, 128))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
+import jax
 import numpy as np
+from tqdm import tqdm
 
 from darts_jax.genotypes import PRIMITIVES
 
@@ -51,15 +54,98 @@ class TensorBoard:
             self._writer.close()
 
 
-def step_line(kind: str, epoch: int, epochs: int, step: int, steps: int, loss, top1, top5) -> str:
+def step_line(
+    kind: str, epoch: int, epochs: int, step: int, steps: int, loss, top1, top5, width: int = 2
+) -> str:
+    """pt.darts's progress line; its search prints the epoch in width 2, augment.py in 3."""
     return (
-        f"{kind}: [{epoch + 1:2d}/{epochs}] Step {step:03d}/{steps - 1:03d} Loss {loss:.3f} "
+        f"{kind}: [{epoch + 1:{width}d}/{epochs}] Step {step:03d}/{steps - 1:03d} Loss {loss:.3f} "
         f"Prec@(1,5) ({top1:.1%}, {top5:.1%})"
     )
 
 
-def final_line(kind: str, epoch: int, epochs: int, top1: float) -> str:
-    return f"{kind}: [{epoch + 1:2d}/{epochs}] Final Prec@1 {top1:.4%}"
+def final_line(kind: str, epoch: int, epochs: int, top1: float, width: int = 2) -> str:
+    return f"{kind}: [{epoch + 1:{width}d}/{epochs}] Final Prec@1 {top1:.4%}"
+
+
+class EpochMeter:
+    """One epoch's training metrics. Step metrics stay on the device between print
+    points; at each print point they are fetched (the loop's only host sync),
+    averaged, logged as pt.darts's Train line and written to tensorboard."""
+
+    KEYS = ("loss", "top1", "top5")
+
+    def __init__(
+        self,
+        logger,
+        tb,
+        epoch: int,
+        epochs: int,
+        steps: int,
+        width: int = 2,
+        progress: bool = True,
+        desc: str = "train",
+    ):
+        self.logger, self.tb = logger, tb
+        self.epoch, self.epochs, self.steps, self.width = epoch, epochs, steps, width
+        self.totals = dict.fromkeys(self.KEYS, 0.0)
+        self.pending: list = []
+        self.done = 0
+        self.bar = tqdm(
+            total=steps,
+            desc=f"{desc} {epoch + 1}/{epochs}",
+            disable=not progress,
+            file=sys.stderr,
+            leave=False,
+        )
+
+    def add(self, i: int, metrics: dict, print_freq: int) -> dict | None:
+        """Records step ``i``; returns the running averages at print points, else None."""
+        self.pending.append(metrics)
+        self.bar.update(1)
+        if i % print_freq and i != self.steps - 1:
+            return None
+        fetched = jax.device_get(self.pending)
+        first_step = self.epoch * self.steps + i - len(fetched) + 1
+        for j, m in enumerate(fetched):
+            for k in self.KEYS:
+                self.totals[k] += float(m[k])
+                self.tb.scalar(f"train/{k}", m[k], first_step + j)
+        self.pending, self.done = [], i + 1
+        avg = self.averages()
+        self.logger.info(
+            step_line(
+                "Train", self.epoch, self.epochs, i, self.steps, *avg.values(), width=self.width
+            )
+        )
+        self.bar.set_postfix(loss=f"{avg['loss']:.3f}", top1=f"{avg['top1']:.1%}")
+        return avg
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def averages(self) -> dict:
+        return {k: v / max(self.done, 1) for k, v in self.totals.items()}
+
+
+def log_validation(logger, tb, val: dict, epoch: int, epochs: int, step: int, width: int = 2):
+    """pt.darts's closing Valid lines for an evaluation, and its tensorboard scalars."""
+    logger.info(
+        step_line(
+            "Valid",
+            epoch,
+            epochs,
+            val["steps"] - 1,
+            val["steps"],
+            val["loss"],
+            val["top1"],
+            val["top5"],
+            width=width,
+        )
+    )
+    logger.info(final_line("Valid", epoch, epochs, val["top1"], width=width))
+    for k in EpochMeter.KEYS:
+        tb.scalar(f"val/{k}", val[k], step)
 
 
 def log_alphas(logger: logging.Logger, alphas: dict, n_nodes: int) -> None:

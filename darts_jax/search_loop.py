@@ -9,38 +9,16 @@ Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
-from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting
+from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting, runs
 from darts_jax.config import SearchConfig
 from darts_jax.metrics import masked_sums
 from darts_jax.search_model import SearchNetwork, count_params
 from darts_jax.search_step import Hyper, create_state, make_train_step
-
-
-def _gather(images, labels, idx):
-    return images[idx], labels[idx]
-
-
-def evaluate(eval_fn, state, images_dev, labels_dev, indices, batch_size, rng) -> dict:
-    """Mean loss, top-1, top-5 over ``indices`` (and the batch count 'steps'), in
-    fixed-size batches: the last one is padded and its padding masked out."""
-    n = len(indices)
-    steps = -(-n // batch_size)
-    padded = np.resize(indices, steps * batch_size).reshape(steps, batch_size).astype(np.int32)
-    mask = (np.arange(steps * batch_size) < n).reshape(steps, batch_size).astype(np.float32)
-    sums = None
-    for i in range(steps):
-        out = eval_fn(state, images_dev, labels_dev, padded[i], mask[i], jax.random.fold_in(rng, i))
-        sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    return {**{k: float(v) / n for k, v in sums.items()}, "steps": steps}
 
 
 def make_masked_eval(model, augment_fn):
@@ -63,20 +41,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     """Runs (or resumes) a search and returns the best epoch's genotype."""
     out = os.path.join(cfg.out_dir, cfg.name)
     ckpt_dir = os.path.join(out, "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not cfg.resume:
-        raise FileExistsError(
-            f"{out} already holds a search; pass --resume to continue it, or choose another --name"
-        )
-    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    logger = reporting.get_logger(os.path.join(out, f"{cfg.name}.log"))
-    logger.info("Logger is set - training start")
-    reporting.log_params(logger, cfg)
-    tb = reporting.TensorBoard(os.path.join(out, "tb"))
-    if cfg.gpus != "0":
-        logger.info(
-            f"--gpus {cfg.gpus}: data-parallel search is not implemented yet; "
-            f"running on one device ({jax.devices()[0]})"
-        )
+    logger, tb = runs.open_run(out, cfg.name, cfg.resume, cfg, "search")
 
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
@@ -124,7 +89,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     )
     # pt.darts validates on the alpha half through the same (augmented) loader.
     eval_fn = make_masked_eval(model, train_aug)
-    gather = jax.jit(_gather)
+    gather = jax.jit(runs.gather)
     images_dev = jax.device_put(dataset.train_images)
     labels_dev = jax.device_put(dataset.train_labels)
     eval_rng = jax.random.PRNGKey(cfg.seed + 1)
@@ -134,14 +99,8 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         a_batches = data.epoch_batches(a_idx, cfg.batch_size, cfg.seed, epoch, 1)
         a_batches = np.resize(a_batches, (steps, cfg.batch_size))  # cycle if the halves differ
         logger.info(f"Epoch {epoch} LR {float(schedule(epoch * steps)):.6f}")
-        totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0}
-        pending = []
-        bar = tqdm(
-            total=steps,
-            desc=f"search {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            file=sys.stderr,
-            leave=False,
+        meter = reporting.EpochMeter(
+            logger, tb, epoch, cfg.epochs, steps, progress=cfg.progress, desc="search"
         )
         t0 = time.time()
         for i in range(steps):
@@ -149,32 +108,14 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             vi, vl = gather(images_dev, labels_dev, a_batches[i])
             batch = {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
             state, metrics = train_step(state, batch)
-            pending.append(metrics)
-            bar.update(1)
-            if i % cfg.print_freq == 0 or i == steps - 1:
-                fetched = jax.device_get(pending)  # the only host sync: at print points
-                first_step = epoch * steps + i - len(fetched) + 1
-                for j, m in enumerate(fetched):
-                    for k in totals:
-                        totals[k] += float(m[k])
-                    for k in ("loss", "top1", "top5"):
-                        tb.scalar(f"train/{k}", m[k], first_step + j)
-                done = i + 1
-                avg = {k: v / done for k, v in totals.items()}
-                logger.info(
-                    reporting.step_line(
-                        "Train", epoch, cfg.epochs, i, steps, avg["loss"], avg["top1"], avg["top5"]
-                    )
-                )
-                bar.set_postfix(loss=f"{avg['loss']:.3f}", top1=f"{avg['top1']:.1%}")
-                pending = []
-        bar.close()
+            meter.add(i, metrics, cfg.print_freq)
+        meter.close()
         cur_step = (epoch + 1) * steps
         tb.scalar("train/lr", float(schedule(epoch * steps)), cur_step)
-        logger.info(reporting.final_line("Train", epoch, cfg.epochs, totals["top1"] / steps))
+        logger.info(reporting.final_line("Train", epoch, cfg.epochs, meter.averages()["top1"]))
         logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
 
-        val = evaluate(
+        val = runs.evaluate(
             eval_fn,
             state,
             images_dev,
@@ -183,21 +124,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             cfg.batch_size,
             jax.random.fold_in(eval_rng, epoch),
         )
-        logger.info(
-            reporting.step_line(
-                "Valid",
-                epoch,
-                cfg.epochs,
-                val["steps"] - 1,
-                val["steps"],
-                val["loss"],
-                val["top1"],
-                val["top5"],
-            )
-        )
-        logger.info(reporting.final_line("Valid", epoch, cfg.epochs, val["top1"]))
-        for k in ("loss", "top1", "top5"):
-            tb.scalar(f"val/{k}", val[k], cur_step)
+        reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step)
 
         alphas = jax.device_get(state.alphas)
         reporting.log_alphas(logger, alphas, cfg.n_nodes)
@@ -229,4 +156,5 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     plot.plot_genotype(best_genotype, os.path.join(out, "plots", "best"), "Best")
     tb.close()
     ckpts.close()
+    runs.close_logger(logger)
     return best_genotype

@@ -1,0 +1,170 @@
+"""Final training of a found cell from scratch (pt.darts's augment.py), and evaluation.
+
+Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
+(tensorboard), ``plots/`` (the cell), ``checkpoints/`` (orbax, the last epoch,
+resumable) and ``best/`` (orbax, the best test epoch). pt.darts reports the
+test split as "Valid"; so do we.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting, runs
+from darts_jax.config import FinalConfig
+from darts_jax.final_model import FinalNetwork, count_params_excluding_aux
+from darts_jax.final_step import FinalHyper, create_state, make_eval_step, make_train_step
+
+WIDTH = 3  # augment.py prints the epoch in width 3 (600 epochs)
+
+
+def build(cfg: FinalConfig, genotype: genotypes.Genotype, info: data.DatasetInfo, steps: int):
+    """The network, optimizer, schedule and initial state of a final training."""
+    model = FinalNetwork(
+        genotype,
+        C=cfg.init_channels,
+        num_classes=info.num_classes,
+        layers=cfg.layers,
+        auxiliary=cfg.aux_weight > 0,
+        stem_multiplier=cfg.stem_multiplier,
+    )
+    # augment.py: CosineAnnealingLR(optimizer, epochs), lr down to 0, stepped per epoch.
+    schedule = optim.epoch_cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps)
+    tx = optim.weight_optimizer(schedule, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
+    input_shape = (1, info.size, info.size, info.channels)
+    state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, tx)
+    return model, tx, schedule, state
+
+
+def model_size_line(params) -> str:
+    """augment.py's "Model size = x MB" line (millions of weights, aux head excluded)."""
+    return f"Model size = {count_params_excluding_aux(params) / 1e6:.3f} MB"
+
+
+def run_eval_only(cfg: FinalConfig) -> dict:
+    """Evaluates a saved checkpoint (default: the run's best) on the test split."""
+    directory = cfg.checkpoint or os.path.join(cfg.out_dir, cfg.name, "best")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"no checkpoint folder {directory}; train first or pass --checkpoint"
+        )
+    ckpts = checkpoint.Checkpoints(directory)
+    meta = ckpts.read_meta()
+    text = cfg.genotype if cfg.genotype is not None else meta["genotype"]
+    genotype = genotypes.resolve(text)
+    dataset = data.load(cfg.dataset, cfg.data_dir)
+    model, _, _, state = build(cfg, genotype, dataset.info, 1)
+    state, meta = ckpts.restore(state)
+    ckpts.close()
+    eval_fn = make_eval_step(model, augment.make_augment(dataset.info, train=False))
+    val = runs.evaluate(
+        eval_fn,
+        state,
+        jax.device_put(dataset.test_images),
+        jax.device_put(dataset.test_labels),
+        np.arange(len(dataset.test_labels), dtype=np.int32),
+        cfg.batch_size,
+        jax.random.PRNGKey(0),
+    )
+    print(
+        f"{directory} (epoch {meta['epoch'] + 1}): test loss {val['loss']:.4f} "
+        f"Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
+    )
+    return val
+
+
+def run_final(cfg: FinalConfig) -> float:
+    """Trains (or resumes) the final network; returns the best test top-1."""
+    if cfg.eval_only:
+        return run_eval_only(cfg)["top1"]
+    out = os.path.join(cfg.out_dir, cfg.name)
+    logger, tb = runs.open_run(out, cfg.name, cfg.resume, cfg, "final training")
+    genotype = genotypes.resolve(cfg.genotype)
+    logger.info(f"genotype = {genotypes.to_str(genotype)}")
+    plot.plot_genotype(genotype, os.path.join(out, "plots", "cell"), cfg.name)
+
+    dataset = data.load(cfg.dataset, cfg.data_dir)
+    info = dataset.info
+    n_train = len(dataset.train_labels)
+    steps = n_train // cfg.batch_size
+    if steps < 1:
+        raise ValueError(f"--batch_size {cfg.batch_size} exceeds the {n_train} training images")
+    if cfg.steps_per_epoch:
+        steps = min(steps, cfg.steps_per_epoch)
+    model, tx, schedule, state = build(cfg, genotype, info, steps)
+    logger.info(model_size_line(state.params))
+
+    last = checkpoint.Checkpoints(os.path.join(out, "checkpoints"), max_to_keep=1)
+    best = checkpoint.Checkpoints(os.path.join(out, "best"), max_to_keep=1)
+    start_epoch, best_top1 = 0, -1.0
+    if cfg.resume and last.latest_step() is not None:
+        state, meta = last.restore(state)
+        start_epoch, best_top1 = meta["epoch"] + 1, meta["best_top1"]
+        logger.info(f"Resumed from {out}/checkpoints after epoch {start_epoch}")
+
+    hyper = FinalHyper(steps, cfg.epochs, cfg.drop_path_prob, cfg.aux_weight, cfg.label_smoothing)
+    train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)
+    train_step = jax.jit(make_train_step(model, tx, schedule, train_aug, hyper), donate_argnums=0)
+    eval_fn = make_eval_step(model, augment.make_augment(info, train=False))
+    gather = jax.jit(runs.gather)
+    train_images, train_labels = map(jax.device_put, (dataset.train_images, dataset.train_labels))
+    test_images, test_labels = map(jax.device_put, (dataset.test_images, dataset.test_labels))
+    test_idx = np.arange(len(dataset.test_labels), dtype=np.int32)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        batches = data.epoch_batches(
+            np.arange(n_train, dtype=np.int32), cfg.batch_size, cfg.seed, epoch, 2
+        )
+        batches = batches[:steps]
+        lr = float(schedule(epoch * steps))
+        drop_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        logger.info(f"Epoch {epoch} LR {lr:.6f} drop path {drop_prob:.4f}")
+        meter = reporting.EpochMeter(
+            logger, tb, epoch, cfg.epochs, steps, WIDTH, cfg.progress, "train"
+        )
+        t0 = time.time()
+        for i in range(steps):
+            images, labels = gather(train_images, train_labels, batches[i])
+            state, metrics = train_step(state, {"images": images, "labels": labels})
+            meter.add(i, metrics, cfg.print_freq)
+        meter.close()
+        cur_step = (epoch + 1) * steps
+        tb.scalar("train/lr", lr, cur_step)
+        logger.info(
+            reporting.final_line("Train", epoch, cfg.epochs, meter.averages()["top1"], WIDTH)
+        )
+        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
+
+        val = runs.evaluate(
+            eval_fn,
+            state,
+            test_images,
+            test_labels,
+            test_idx,
+            cfg.batch_size,
+            jax.random.PRNGKey(0),
+        )
+        reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step, WIDTH)
+        is_best = val["top1"] > best_top1
+        best_top1 = max(best_top1, val["top1"])
+        meta = {
+            "epoch": epoch,
+            "top1": val["top1"],
+            "best_top1": best_top1,
+            "genotype": genotypes.to_str(genotype),
+        }
+        if is_best:
+            best.save(epoch, state, meta)
+        last.save(epoch, state, meta)
+        logger.info("")
+
+    logger.info(f"Final best Prec@1 = {best_top1:.4%}")
+    tb.close()
+    last.close()
+    best.close()
+    runs.close_logger(logger)
+    return best_top1

@@ -1,0 +1,114 @@
+"""End to end: train_final.py on the embedded digits (and mocked MNIST for the aux head)."""
+
+import glob
+import os
+import re
+
+import pytest
+import tensorflow_datasets as tfds
+
+import train_final
+from darts_jax import genotypes
+
+TINY = [
+    "--init_channels",
+    "4",
+    "--layers",
+    "3",
+    "--batch_size",
+    "8",
+    "--steps_per_epoch",
+    "3",
+    "--print_freq",
+    "2",
+    "--progress",
+    "false",
+]
+
+
+def _best(log: str) -> float:
+    return float(re.search(r"Final best Prec@1 = ([\d.]+)%", log).group(1))
+
+
+def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, capsys):
+    out = str(tmp_path)
+    geno_file = tmp_path / "genotype.txt"
+    geno_file.write_text(genotypes.to_str(genotypes.CIFAR10) + "\n")
+    base = ["--name", "f", "--dataset", "digits", "--out_dir", out, "--aux_weight", "0", *TINY]
+    assert train_final.main([*base, "--genotype", str(geno_file), "--epochs", "1"]) == 0
+    run = os.path.join(out, "f")
+    log = open(os.path.join(run, "f.log")).read()
+    assert "Model size = " in log and "GENOTYPE=" in log
+    assert "Train: [  1/1] Step 002/002 Loss" in log
+    assert "Valid: [  1/1] Final Prec@1" in log
+    assert glob.glob(os.path.join(run, "tb", "events.out.tfevents.*"))
+    assert os.listdir(os.path.join(run, "best")) and os.listdir(os.path.join(run, "checkpoints"))
+    assert glob.glob(os.path.join(run, "plots", "cell-normal.*"))
+
+    # Evaluation only: the best checkpoint gives the logged accuracy again, and the
+    # genotype comes from the checkpoint.
+    capsys.readouterr()
+    assert train_final.main([*base, "--eval_only"]) == 0
+    printed = capsys.readouterr().out
+    got = float(re.search(r"Prec@1 ([\d.]+)%", printed).group(1))
+    assert got == pytest.approx(_best(log), abs=1e-4)
+
+    # The same name again refuses to overwrite; --resume continues with epoch 2.
+    assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2"]) == 2
+    assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2", "--resume"]) == 0
+    log = open(os.path.join(run, "f.log")).read()
+    assert "Resumed from" in log and "Train: [  2/2] Final Prec@1" in log
+    assert log.count("Train: [  1/") == 3  # epoch 1 ran once only
+
+
+def test_aux_head_and_cutout_on_mocked_mnist(tmp_path):
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        code = train_final.main(
+            [
+                "--name",
+                "m",
+                "--dataset",
+                "mnist",
+                "--genotype",
+                "MNIST",
+                "--out_dir",
+                str(tmp_path),
+                "--epochs",
+                "1",
+                *TINY,
+            ]
+        )
+    assert code == 0
+    log = open(tmp_path / "m" / "m.log").read()
+    assert "AUX_WEIGHT=0.4" in log and "CUTOUT_LENGTH=16" in log
+    assert "Valid: [  1/1] Final Prec@1" in log
+
+
+def test_eval_only_without_checkpoint_exits_2(tmp_path, capsys):
+    args = ["--name", "none", "--dataset", "digits", "--out_dir", str(tmp_path), "--eval_only"]
+    assert train_final.main(args) == 2
+    assert "no checkpoint folder" in capsys.readouterr().err
+
+
+def test_missing_data_exits_2(tmp_path, capsys):
+    args = ["--name", "c", "--dataset", "cifar10", "--genotype", "DARTS_V2"]
+    assert train_final.main([*args, "--data_dir", str(tmp_path), "--out_dir", str(tmp_path)]) == 2
+    assert "tfds build cifar10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ([], "--genotype is required"),
+        (["--genotype", "DARTS_V9"], "neither genotype text, an existing file, nor a name"),
+        (["--genotype", "Genotype(normal=[[('conv_7x7', 0)]])"], "invalid genotype"),
+        (["--genotype", "DARTS_V2", "--checkpoint", "x"], "--checkpoint is read only"),
+        (["--genotype", "DARTS_V2", "--drop_path_prob", "1"], "--drop_path_prob must be"),
+        (["--genotype", "DARTS_V2", "--lr", "-1"], "--lr must be > 0"),
+    ],
+)
+def test_bad_flags_give_one_clear_message(flags, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_final.main(["--name", "b", "--dataset", "digits", *flags])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

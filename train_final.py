@@ -1,0 +1,22 @@
+"""Train a found cell from scratch (pt.darts's augment.py flags): python train_final.py --help."""
+
+import sys
+
+from darts_jax.config import FinalConfig, parse_args
+from darts_jax.data import DataMissingError
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
+    from darts_jax.final_loop import run_final  # imports jax: after flag checks
+
+    try:
+        run_final(cfg)
+    except (DataMissingError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
