@@ -2,11 +2,13 @@
 
 import sys
 
+from darts_jax import xla_env
 from darts_jax.config import FinalConfig, parse_args
 from darts_jax.data import DataMissingError
 
 
 def main(argv=None) -> int:
+    xla_env.configure()  # before the backend starts
     cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
     from darts_jax.final_loop import run_final  # imports jax: after flag checks
 

@@ -2,11 +2,13 @@
 
 import sys
 
+from darts_jax import xla_env
 from darts_jax.config import SearchConfig, parse_args
 from darts_jax.data import DataMissingError
 
 
 def main(argv=None) -> int:
+    xla_env.configure()  # before the backend starts
     cfg = parse_args(argv, SearchConfig, "DARTS search with exact second-order alpha gradients")
     from darts_jax.search_loop import run_search  # imports jax: after flag checks
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -102,6 +103,9 @@ def _scale(rng, x):
 
 
 def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
+    from darts_jax import xla_env
+
+    xla_env.configure()  # as the training scripts do
     import jax
 
     t = time.perf_counter()
@@ -142,6 +146,7 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

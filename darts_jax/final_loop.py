@@ -8,6 +8,7 @@ test split as "Valid"; so do we.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -19,6 +20,7 @@ from darts_jax.config import FinalConfig
 from darts_jax.final_model import FinalNetwork, count_params_excluding_aux
 from darts_jax.final_step import FinalHyper, create_state, make_eval_step, make_train_step
 
+MODEL_FIELDS = ("init_channels", "layers", "aux_weight", "stem_multiplier")
 WIDTH = 3  # augment.py prints the epoch in width 3 (600 epochs)
 
 
@@ -54,6 +56,8 @@ def run_eval_only(cfg: FinalConfig) -> dict:
         )
     ckpts = checkpoint.Checkpoints(directory)
     meta = ckpts.read_meta()
+    # The network's shape comes from the checkpoint, so only --name/--dataset are needed.
+    cfg = dataclasses.replace(cfg, **meta.get("model", {}))
     text = cfg.genotype if cfg.genotype is not None else meta["genotype"]
     genotype = genotypes.resolve(text)
     dataset = data.load(cfg.dataset, cfg.data_dir)
@@ -156,6 +160,7 @@ def run_final(cfg: FinalConfig) -> float:
             "top1": val["top1"],
             "best_top1": best_top1,
             "genotype": genotypes.to_str(genotype),
+            "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
         }
         if is_best:
             best.save(epoch, state, meta)

@@ -48,7 +48,10 @@ def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, caps
     # Evaluation only: the best checkpoint gives the logged accuracy again, and the
     # genotype comes from the checkpoint.
     capsys.readouterr()
-    assert train_final.main([*base, "--eval_only"]) == 0
+    assert (
+        train_final.main(["--name", "f", "--dataset", "digits", "--out_dir", out, "--eval_only"])
+        == 0
+    )
     printed = capsys.readouterr().out
     got = float(re.search(r"Prec@1 ([\d.]+)%", printed).group(1))
     assert got == pytest.approx(_best(log), abs=1e-4)
