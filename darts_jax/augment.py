@@ -106,11 +106,69 @@ def cutout(rng: jax.Array, images: jax.Array, length: int) -> jax.Array:
     return jnp.where(inside, 0.0, images)
 
 
+def _rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    maxc, minc = rgb.max(-1), rgb.min(-1)
+    delta = maxc - minc
+    safe = jnp.where(delta > 0, delta, 1.0)
+    h = jnp.where(
+        maxc == r, (g - b) / safe, jnp.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+    )
+    h = jnp.where(delta > 0, (h / 6.0) % 1.0, 0.0)
+    s = jnp.where(maxc > 0, delta / jnp.where(maxc > 0, maxc, 1.0), 0.0)
+    return jnp.stack([h, s, maxc], -1)
+
+
+def _hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    k = (jnp.array([5.0, 3.0, 1.0]) + h[..., None] * 6.0) % 6.0
+    return v[..., None] - v[..., None] * s[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def color_jitter(
+    rng: jax.Array,
+    images: jax.Array,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.2,
+) -> jax.Array:
+    """ColorJitter on float RGB in [0, 1], per image: brightness, contrast, saturation
+    factors in [1 - x, 1 + x] and a hue shift in [-hue, hue] turns, in that fixed
+    order (torchvision draws the order at random)."""
+    b = images.shape[0]
+    k = jax.random.split(rng, 4)
+
+    def factor(key, x):
+        return jax.random.uniform(key, (b, 1, 1, 1), minval=1 - x, maxval=1 + x)
+
+    x = jnp.clip(images * factor(k[0], brightness), 0.0, 1.0)
+    gray = (x @ jnp.array([0.299, 0.587, 0.114]))[..., None]
+    x = jnp.clip(
+        gray.mean(axis=(1, 2), keepdims=True) * (1 - factor(k[1], contrast))
+        + x * factor(k[1], contrast),
+        0.0,
+        1.0,
+    )
+    gray = (x @ jnp.array([0.299, 0.587, 0.114]))[..., None]
+    s = factor(k[2], saturation)
+    x = jnp.clip(gray * (1 - s) + x * s, 0.0, 1.0)
+    shift = jax.random.uniform(k[3], (b, 1, 1), minval=-hue, maxval=hue)
+    hsv = _rgb_to_hsv(x)
+    hsv = hsv.at[..., 0].set((hsv[..., 0] + shift) % 1.0)
+    return _hsv_to_rgb(hsv)
+
+
 def train_augment(
     info: DatasetInfo, rng: jax.Array, images: jax.Array, cutout_length: int = 0
 ) -> jax.Array:
     """The data set's training transform, then normalisation (and cutout if > 0)."""
     k_geo, k_flip, k_cut = jax.random.split(rng, 3)
+    if info.augmentation == "imagenet":
+        # Crops and flips were done on the host (darts_jax.host_data).
+        x = color_jitter(k_geo, images.astype(jnp.float32) / 255.0)
+        x = (x - jnp.asarray(info.mean, jnp.float32)) / jnp.asarray(info.std, jnp.float32)
+        return cutout(k_cut, x, cutout_length) if cutout_length > 0 else x
     if info.augmentation in ("crop_flip", "crop"):
         images = random_crop(k_geo, images, info.crop_padding)
         if info.augmentation == "crop_flip":

@@ -46,6 +46,8 @@ class SearchConfig:
     def validate(self) -> SearchConfig:
         """Raises ValueError with one clear message for the first bad value."""
         _check_common(self)
+        if data.dataset_info(self.dataset).streaming:
+            raise ValueError(f"--dataset {self.dataset}: the search runs on CIFAR-size data sets")
         positive = (
             "batch_size",
             "print_freq",
@@ -110,6 +112,8 @@ class FinalConfig:
     out_dir: str = "augments"
     stem_multiplier: int = 3
     label_smoothing: float = 0.0
+    lr_schedule: str = "cosine"
+    lr_gamma: float = 0.97
     steps_per_epoch: int = 0
     resume: bool = False
     eval_only: bool = False
@@ -138,6 +142,10 @@ class FinalConfig:
             raise ValueError(f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr_schedule not in ("cosine", "step"):
+            raise ValueError(f"--lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"--lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.checkpoint is not None and not self.eval_only:
             raise ValueError("--checkpoint is read only with --eval_only")
         return self
@@ -167,13 +175,15 @@ _HELP = {
     "resume": "continue the run saved in <out_dir>/<name>/",
     "progress": "show a progress bar per epoch",
     "gpus": "devices: '0', '0,1,2,3' or 'all' (data parallel: a later release)",
-    "workers": "kept for pt.darts compatibility; data lives on the device",
+    "workers": "host threads reading streamed data (ImageNet); on-device data sets need none",
     "genotype": "genotype text (pt.darts or official form), a file holding it, or a name "
     "(DARTS_V1, DARTS_V2, CIFAR10, MNIST, FASHIONMNIST)",
     "aux_weight": "weight of the auxiliary head's loss (0: no auxiliary head)",
     "cutout_length": "cutout square side after normalisation (0: off)",
     "drop_path_prob": "final drop-path probability, reached linearly over the epochs",
     "label_smoothing": "label smoothing of the cross-entropy (official ImageNet: 0.1)",
+    "lr_schedule": "cosine (pt.darts, to 0) or step (official ImageNet: lr * lr_gamma per epoch)",
+    "lr_gamma": "per-epoch decay of --lr_schedule step",
     "eval_only": "evaluate a checkpoint on the test split, no training",
     "checkpoint": "with --eval_only: checkpoint folder (default <out_dir>/<name>/best)",
 }

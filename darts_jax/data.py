@@ -33,8 +33,13 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augmentation: str  # 'crop_flip', 'affine', 'affine_vflip', 'crop'
+    augmentation: str  # 'crop_flip', 'affine', 'affine_vflip', 'crop', 'imagenet'
     crop_padding: int = 4
+    test_split: str = "test"
+    # Streaming sets are read batch by batch on the host (darts_jax.host_data);
+    # eval_resize: their evaluation resize before the centre crop.
+    streaming: bool = False
+    eval_resize: int = 0
 
 
 DATASETS = {
@@ -65,8 +70,22 @@ DATASETS = {
     "digits": DatasetInfo(
         "digits", None, 8, 1, 10, (0.30549565,), (0.37587373,), "crop", crop_padding=1
     ),
+    # ILSVRC 2012 as the official DARTS ImageNet script reads it (final training only).
+    "imagenet": DatasetInfo(
+        "imagenet",
+        "imagenet2012",
+        224,
+        3,
+        1000,
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        "imagenet",
+        test_split="validation",
+        streaming=True,
+        eval_resize=256,
+    ),
 }
-ALIASES = {"fashion_mnist": "fashionmnist", "cifar-10": "cifar10"}
+ALIASES = {"fashion_mnist": "fashionmnist", "cifar-10": "cifar10", "imagenet2012": "imagenet"}
 
 
 class Dataset(NamedTuple):
@@ -92,22 +111,40 @@ def _prepare_hint(info: DatasetInfo, data_dir: str | None) -> str:
         "Prepare it once, on a machine with internet (TensorFlow is needed only for this):\n"
         "  pip install tensorflow tensorflow-datasets\n"
         f"  tfds build {info.tfds_name} --file_format=array_record --data_dir={where}\n"
-        "then copy that folder here and pass --data_dir (or set TFDS_DATA_DIR).\n"
+        + (
+            "  (ImageNet: first put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in\n"
+            f"   {where}/downloads/manual, as tfds's imagenet2012 manual download asks)\n"
+            if info.name == "imagenet"
+            else ""
+        )
+        + "then copy that folder here and pass --data_dir (or set TFDS_DATA_DIR).\n"
         "The embedded data set 'digits' needs no download."
     )
 
 
-def _load_tfds_split(info: DatasetInfo, split: str, data_dir: str | None):
+def open_tfds_source(info: DatasetInfo, split: str, data_dir: str | None):
+    """Random access to a prepared split (``tfds.data_source``, no TensorFlow).
+
+    Raises DataMissingError, saying how to prepare it, if it is not there.
+    """
     import tensorflow_datasets as tfds  # heavy import, only when needed
 
     try:
         source = tfds.data_source(info.tfds_name, split=split, data_dir=data_dir, download=False)
         n = len(source)
-        first = source[0] if n else None
+        if n:
+            source[0]
     except Exception as e:  # tfds raises several types for "not prepared"
         raise DataMissingError(f"{_prepare_hint(info, data_dir)}\n(tfds said: {e})") from e
-    if first is None:
+    if not n:
         raise DataMissingError(f"{info.name} split {split!r} is empty under {data_dir}")
+    return source
+
+
+def _load_tfds_split(info: DatasetInfo, split: str, data_dir: str | None):
+    source = open_tfds_source(info, split, data_dir)
+    n = len(source)
+    first = source[0]
     images = np.empty((n, *np.asarray(first["image"]).shape), np.uint8)
     labels = np.empty((n,), np.int32)
     for i in range(n):
@@ -137,10 +174,14 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
     Raises DataMissingError (with how to prepare it) if it is not available offline.
     """
     info = dataset_info(name)
+    if info.streaming:
+        raise ValueError(
+            f"{info.name} is streamed from the host: use darts_jax.host_data.HostSplit"
+        )
     if info.tfds_name is None:
         return _load_digits()
     train_images, train_labels = _load_tfds_split(info, "train", data_dir)
-    test_images, test_labels = _load_tfds_split(info, "test", data_dir)
+    test_images, test_labels = _load_tfds_split(info, info.test_split, data_dir)
     if train_images.shape[1:] != (info.size, info.size, info.channels):
         raise ValueError(
             f"{info.name} images have shape {train_images.shape[1:]}, "

@@ -15,7 +15,17 @@ import time
 import jax
 import numpy as np
 
-from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting, runs
+from darts_jax import (
+    augment,
+    checkpoint,
+    data,
+    genotypes,
+    host_data,
+    optim,
+    plot,
+    reporting,
+    runs,
+)
 from darts_jax.config import FinalConfig
 from darts_jax.final_model import FinalNetwork, count_params_excluding_aux
 from darts_jax.final_step import FinalHyper, create_state, make_eval_step, make_train_step
@@ -33,13 +43,59 @@ def build(cfg: FinalConfig, genotype: genotypes.Genotype, info: data.DatasetInfo
         layers=cfg.layers,
         auxiliary=cfg.aux_weight > 0,
         stem_multiplier=cfg.stem_multiplier,
+        imagenet=info.name == "imagenet",
     )
-    # augment.py: CosineAnnealingLR(optimizer, epochs), lr down to 0, stepped per epoch.
-    schedule = optim.epoch_cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps)
+    if cfg.lr_schedule == "step":  # the official ImageNet script
+        schedule = optim.epoch_step_schedule(cfg.lr, cfg.lr_gamma, steps)
+    else:  # augment.py: CosineAnnealingLR(optimizer, epochs), to 0, stepped per epoch
+        schedule = optim.epoch_cosine_schedule(cfg.lr, 0.0, cfg.epochs, steps)
     tx = optim.weight_optimizer(schedule, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
     input_shape = (1, info.size, info.size, info.channels)
     state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, tx)
     return model, tx, schedule, state
+
+
+class Splits:
+    """A data set's train and test splits, on the device (CIFAR-size sets) or read
+    batch by batch on the host (ImageNet: ``info.streaming``)."""
+
+    def __init__(self, cfg: FinalConfig, need_train: bool = True):
+        self.info = data.dataset_info(cfg.dataset)
+        if self.info.streaming:
+            split = lambda name: host_data.HostSplit(self.info, name, cfg.data_dir, cfg.workers)
+            self.train = split("train") if need_train else None
+            self.test = split(self.info.test_split)
+            self.n_train = len(self.train) if need_train else 0
+            self.n_test = len(self.test)
+        else:
+            ds = data.load(cfg.dataset, cfg.data_dir)
+            self.train = tuple(map(jax.device_put, (ds.train_images, ds.train_labels)))
+            self.test = tuple(map(jax.device_put, (ds.test_images, ds.test_labels)))
+            self.n_train, self.n_test = len(ds.train_labels), len(ds.test_labels)
+            self._gather = jax.jit(runs.gather)
+
+    def train_batches(self, batch_indices: np.ndarray, seed: tuple):
+        """Training batches {'images', 'labels'} on the device, in order."""
+        if self.info.streaming:
+            for batch in self.train.batches(batch_indices, True, seed):
+                yield jax.device_put(batch)
+        else:
+            for idx in batch_indices:
+                images, labels = self._gather(*self.train, idx)
+                yield {"images": images, "labels": labels}
+
+    def evaluate(self, eval_fn, state, batch_size: int) -> dict:
+        """Loss, top-1, top-5 over the test split."""
+        if self.info.streaming:
+            arange = np.arange(batch_size, dtype=np.int32)
+
+            def fetch(padded):
+                for batch in self.test.batches(padded, False):
+                    yield batch["images"], batch["labels"], arange
+
+        else:
+            fetch = runs.resident(*self.test)
+        return runs.evaluate(eval_fn, state, self.n_test, batch_size, jax.random.PRNGKey(0), fetch)
 
 
 def model_size_line(params) -> str:
@@ -60,20 +116,12 @@ def run_eval_only(cfg: FinalConfig) -> dict:
     cfg = dataclasses.replace(cfg, **meta.get("model", {}))
     text = cfg.genotype if cfg.genotype is not None else meta["genotype"]
     genotype = genotypes.resolve(text)
-    dataset = data.load(cfg.dataset, cfg.data_dir)
-    model, _, _, state = build(cfg, genotype, dataset.info, 1)
+    splits = Splits(cfg, need_train=False)
+    model, _, _, state = build(cfg, genotype, splits.info, 1)
     state, meta = ckpts.restore(state)
     ckpts.close()
-    eval_fn = make_eval_step(model, augment.make_augment(dataset.info, train=False))
-    val = runs.evaluate(
-        eval_fn,
-        state,
-        jax.device_put(dataset.test_images),
-        jax.device_put(dataset.test_labels),
-        np.arange(len(dataset.test_labels), dtype=np.int32),
-        cfg.batch_size,
-        jax.random.PRNGKey(0),
-    )
+    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False))
+    val = splits.evaluate(eval_fn, state, cfg.batch_size)
     print(
         f"{directory} (epoch {meta['epoch'] + 1}): test loss {val['loss']:.4f} "
         f"Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
@@ -91,9 +139,8 @@ def run_final(cfg: FinalConfig) -> float:
     logger.info(f"genotype = {genotypes.to_str(genotype)}")
     plot.plot_genotype(genotype, os.path.join(out, "plots", "cell"), cfg.name)
 
-    dataset = data.load(cfg.dataset, cfg.data_dir)
-    info = dataset.info
-    n_train = len(dataset.train_labels)
+    splits = Splits(cfg)
+    info, n_train = splits.info, splits.n_train
     steps = n_train // cfg.batch_size
     if steps < 1:
         raise ValueError(f"--batch_size {cfg.batch_size} exceeds the {n_train} training images")
@@ -114,10 +161,6 @@ def run_final(cfg: FinalConfig) -> float:
     train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)
     train_step = jax.jit(make_train_step(model, tx, schedule, train_aug, hyper), donate_argnums=0)
     eval_fn = make_eval_step(model, augment.make_augment(info, train=False))
-    gather = jax.jit(runs.gather)
-    train_images, train_labels = map(jax.device_put, (dataset.train_images, dataset.train_labels))
-    test_images, test_labels = map(jax.device_put, (dataset.test_images, dataset.test_labels))
-    test_idx = np.arange(len(dataset.test_labels), dtype=np.int32)
 
     for epoch in range(start_epoch, cfg.epochs):
         batches = data.epoch_batches(
@@ -131,9 +174,8 @@ def run_final(cfg: FinalConfig) -> float:
             logger, tb, epoch, cfg.epochs, steps, WIDTH, cfg.progress, "train"
         )
         t0 = time.time()
-        for i in range(steps):
-            images, labels = gather(train_images, train_labels, batches[i])
-            state, metrics = train_step(state, {"images": images, "labels": labels})
+        for i, batch in enumerate(splits.train_batches(batches, (cfg.seed, epoch))):
+            state, metrics = train_step(state, batch)
             meter.add(i, metrics, cfg.print_freq)
         meter.close()
         cur_step = (epoch + 1) * steps
@@ -143,15 +185,7 @@ def run_final(cfg: FinalConfig) -> float:
         )
         logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
 
-        val = runs.evaluate(
-            eval_fn,
-            state,
-            test_images,
-            test_labels,
-            test_idx,
-            cfg.batch_size,
-            jax.random.PRNGKey(0),
-        )
+        val = splits.evaluate(eval_fn, state, cfg.batch_size)
         reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step, WIDTH)
         is_best = val["top1"] > best_top1
         best_top1 = max(best_top1, val["top1"])

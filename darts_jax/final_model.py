@@ -126,20 +126,28 @@ class FinalCell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """ReLU, AvgPool 5 (stride input_size - 5), 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear."""
+    """ReLU, AvgPool 5 (stride input_size - 5), 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear.
+
+    ``imagenet``: the official ImageNet head instead: pool stride 2 and no BN
+    after the 2x2 conv (the official code comments that BN out, "for
+    consistency with the experiments in the paper").
+    """
 
     num_classes: int
+    imagenet: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
         size = x.shape[1]
-        if size < 6:
-            # AvgPool(5, stride size - 5) then a 2x2 conv need at least 6x6 features.
+        smallest = 7 if self.imagenet else 6
+        if size < smallest:
+            # The pool then a 2x2 conv need a pooled map of at least 2x2.
             raise ValueError(
-                f"the auxiliary head needs >= 6x6 features, got {size}x{size}: the input is "
-                "too small for it; train without it (--aux_weight 0)"
+                f"the auxiliary head needs >= {smallest}x{smallest} features, got {size}x{size}: "
+                "the input is too small for it; train without it (--aux_weight 0)"
             )
-        x = nn.avg_pool(nn.relu(x), (5, 5), strides=(size - 5, size - 5), padding="VALID")
+        stride = 2 if self.imagenet else size - 5
+        x = nn.avg_pool(nn.relu(x), (5, 5), strides=(stride, stride), padding="VALID")
         c = x.shape[-1]
         k1 = self.param("conv1", ops.torch_uniform_init(c), (c, 128))
         x = nn.relu(ops.BatchNorm(affine=True, name="bn1")(ops.pointwise_conv(x, k1), train))
@@ -147,8 +155,9 @@ class AuxiliaryHead(nn.Module):
         x = jax.lax.conv_general_dilated(
             x, k2, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        x = nn.relu(ops.BatchNorm(affine=True, name="bn2")(x, train))
-        x = x.reshape(x.shape[0], -1)
+        if not self.imagenet:
+            x = ops.BatchNorm(affine=True, name="bn2")(x, train)
+        x = nn.relu(x).reshape(x.shape[0], -1)
         return classifier(x.shape[-1], self.num_classes, name="linear")(x)
 
 
@@ -162,6 +171,12 @@ class FinalNetwork(nn.Module):
     ``__call__(x_nhwc, train, drop_prob=0.0)`` returns logits, or (logits, aux_logits)
     in training with ``auxiliary``. Pass ``rngs={'drop_path': key}`` when training
     with a positive ``drop_prob``.
+
+    ``imagenet``: the official NetworkImageNet instead: stem0 (conv 3x3 stride 2
+    to C/2, BN, ReLU, conv 3x3 stride 2 to C, BN), stem1 (ReLU, conv 3x3 stride
+    2, BN) feeding s0 and s1 (so the first cell reduces s0), the ImageNet aux
+    head, and global average pooling (the official AvgPool(7) on the 7x7 maps
+    of 224x224 inputs).
     """
 
     genotype: Genotype
@@ -170,12 +185,20 @@ class FinalNetwork(nn.Module):
     layers: int = 20
     auxiliary: bool = True
     stem_multiplier: int = 3
+    imagenet: bool = False
 
     @nn.compact
     def __call__(self, x_nhwc, train: bool, drop_prob=0.0):
         g = validate(self.genotype)
-        s0 = s1 = Stem(self.stem_multiplier * self.C, name="stem")(x_nhwc, train)
-        c, reduction_prev, aux_logits = self.C, False, None
+        if self.imagenet:
+            s0 = Stem(self.C // 2, stride=2, name="stem0_conv1")(x_nhwc, train)
+            s0 = Stem(self.C, stride=2, name="stem0_conv2")(nn.relu(s0), train)
+            s1 = Stem(self.C, stride=2, name="stem1")(nn.relu(s0), train)
+            reduction_prev = True
+        else:
+            s0 = s1 = Stem(self.stem_multiplier * self.C, name="stem")(x_nhwc, train)
+            reduction_prev = False
+        c, aux_logits = self.C, None
         aux_pos = 2 * self.layers // 3
         for i in range(self.layers):
             reduction = i in reduction_indices(self.layers)
@@ -189,7 +212,9 @@ class FinalNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, train, jnp.asarray(drop_prob, x_nhwc.dtype))
             reduction_prev = reduction
             if i == aux_pos and self.auxiliary and (train or self.is_initializing()):
-                aux_logits = AuxiliaryHead(self.num_classes, name="aux_head")(s1, train)
+                aux_logits = AuxiliaryHead(self.num_classes, self.imagenet, name="aux_head")(
+                    s1, train
+                )
         features = s1.mean(axis=(1, 2))
         logits = classifier(features.shape[-1], self.num_classes)(features)
         if self.auxiliary and train:

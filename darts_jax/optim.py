@@ -25,6 +25,14 @@ def epoch_cosine_schedule(
     return schedule
 
 
+def epoch_step_schedule(lr: float, gamma: float, steps_per_epoch: int) -> optax.Schedule:
+    """The official ImageNet schedule: ``lr * gamma ** (epoch + 1)``, stepped per epoch
+    (StepLR(period 1) stepped at the start of every epoch, as the official script does)."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    return lambda count: lr * gamma ** (count // steps_per_epoch + 1)
+
+
 def weight_optimizer(
     schedule: optax.Schedule, momentum: float, weight_decay: float, grad_clip: float
 ) -> optax.GradientTransformation:

@@ -38,22 +38,34 @@ def gather(images, labels, idx):
     return images[idx], labels[idx]
 
 
-def evaluate(eval_fn, state, images_dev, labels_dev, indices, batch_size, rng) -> dict:
-    """Mean loss, top-1, top-5 over ``indices`` (and the batch count 'steps'), in
+def evaluate(eval_fn, state, n: int, batch_size: int, rng, fetch) -> dict:
+    """Mean loss, top-1, top-5 over ``n`` examples (and the batch count 'steps'), in
     fixed-size batches: the last one is padded and its padding masked out.
 
-    ``eval_fn(state, images_dev, labels_dev, idx, mask, rng) -> sums`` (jitted).
+    ``fetch(padded_indices (steps, batch))`` yields, per step, the arguments
+    ``(images_all, labels_all, idx)`` of ``eval_fn(state, images_all, labels_all,
+    idx, mask, rng) -> sums`` (jitted): device-resident arrays and the batch's
+    indices into them, or one host-read batch and ``arange(batch)``.
     """
-    n = len(indices)
     steps = -(-n // batch_size)
-    padded = np.resize(indices, steps * batch_size).reshape(steps, batch_size).astype(np.int32)
+    padded = np.resize(np.arange(n, dtype=np.int32), steps * batch_size).reshape(steps, -1)
     mask = (np.arange(steps * batch_size) < n).reshape(steps, batch_size).astype(np.float32)
     sums = None
-    for i in range(steps):
-        out = eval_fn(state, images_dev, labels_dev, padded[i], mask[i], jax.random.fold_in(rng, i))
+    for i, (images, labels, idx) in enumerate(fetch(padded)):
+        out = eval_fn(state, images, labels, idx, mask[i], jax.random.fold_in(rng, i))
         sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     return {**{k: float(v) / n for k, v in sums.items()}, "steps": steps}
+
+
+def resident(images_dev, labels_dev, indices=None):
+    """``fetch`` for ``evaluate`` over device-resident arrays (optionally a subset)."""
+
+    def fetch(padded):
+        for row in padded:
+            yield images_dev, labels_dev, row if indices is None else indices[row]
+
+    return fetch
 
 
 def close_logger(logger: logging.Logger) -> None:

@@ -118,11 +118,10 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         val = runs.evaluate(
             eval_fn,
             state,
-            images_dev,
-            labels_dev,
-            a_idx,
+            len(a_idx),
             cfg.batch_size,
             jax.random.fold_in(eval_rng, epoch),
+            runs.resident(images_dev, labels_dev, a_idx.astype(np.int32)),
         )
         reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step)
 

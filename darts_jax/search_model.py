@@ -159,16 +159,21 @@ def reduction_indices(layers: int) -> tuple[int, int]:
 
 
 class Stem(nn.Module):
-    """Conv 3x3 (bias-free) then affine BN."""
+    """Conv 3x3 (bias-free, padding 1, ``stride``) then affine BN."""
 
     features: int
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x_nhwc: jax.Array, train: bool) -> jax.Array:
         c_in = x_nhwc.shape[-1]
         kernel = self.param("kernel", ops.torch_uniform_init(9 * c_in), (3, 3, c_in, self.features))
         y = lax.conv_general_dilated(
-            x_nhwc, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x_nhwc,
+            kernel,
+            (self.stride, self.stride),
+            ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         return ops.BatchNorm(affine=True, name="bn")(y, train)
 

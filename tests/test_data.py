@@ -95,3 +95,28 @@ def test_train_augment_shapes_and_ranges(name):
     assert float(y.min()) >= lo - 1e-5 and float(y.max()) <= hi + 1e-5
     z = augment.make_augment(info, train=False)(jax.random.PRNGKey(0), x)
     np.testing.assert_allclose(z, augment.normalize(x, info.mean, info.std))
+
+
+def test_color_jitter_hsv_round_trip_and_identity():
+    import colorsys
+
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 3, 3, 3))
+    hsv = augment._rgb_to_hsv(x)
+    ref = np.array([colorsys.rgb_to_hsv(*p) for p in np.asarray(x).reshape(-1, 3)])
+    np.testing.assert_allclose(np.asarray(hsv).reshape(-1, 3), ref, atol=1e-6)
+    np.testing.assert_allclose(augment._hsv_to_rgb(hsv), x, atol=1e-6)
+    same = augment.color_jitter(jax.random.PRNGKey(1), x, 0.0, 0.0, 0.0, 0.0)
+    np.testing.assert_allclose(same, x, atol=1e-6)
+    jittered = augment.color_jitter(jax.random.PRNGKey(1), x)
+    assert jittered.shape == x.shape and float(jittered.min()) >= 0 and float(jittered.max()) <= 1
+    assert float(jnp.abs(jittered - x).max()) > 0.01
+
+
+def test_imagenet_train_augment_normalises_host_crops():
+    info = data.dataset_info("imagenet")
+    images = jnp.full((2, 8, 8, 3), 128, jnp.uint8)
+    out = augment.make_augment(info, train=True)(jax.random.PRNGKey(0), images)
+    assert out.shape == (2, 8, 8, 3) and out.dtype == jnp.float32
+    evaluated = augment.make_augment(info, train=False)(None, images)
+    expected = (128 / 255 - np.array(info.mean)) / np.array(info.std)
+    np.testing.assert_allclose(evaluated[0, 0, 0], expected, rtol=1e-5)

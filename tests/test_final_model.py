@@ -71,3 +71,23 @@ def test_drop_path_is_off_at_eval_and_active_in_training():
     d = train_fn(variables, 0.0, jax.random.PRNGKey(4))
     assert not np.allclose(a, b)
     np.testing.assert_allclose(c, d, rtol=1e-6)
+
+
+def test_imagenet_variant_size_and_outputs():
+    model = FinalNetwork(G.DARTS_V2, C=48, num_classes=1000, layers=14, imagenet=True)
+    variables = _shapes(model, (1, 224, 224, 3))
+    # The paper's DARTS (second order) ImageNet model: 4.7 M weights.
+    assert round(count_params_excluding_aux(variables["params"]) / 1e6, 1) == 4.7
+    assert "bn2" not in variables["params"]["aux_head"]  # the official head has no BN there
+    (logits, aux), _ = jax.eval_shape(
+        lambda v: model.apply(
+            v,
+            jnp.zeros((2, 224, 224, 3)),
+            train=True,
+            drop_prob=0.0,
+            rngs={"drop_path": RNGS["drop_path"]},
+            mutable=["batch_stats"],
+        ),
+        variables,
+    )
+    assert logits.shape == (2, 1000) and aux.shape == (2, 1000)

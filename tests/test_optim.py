@@ -66,3 +66,9 @@ def test_alpha_optimizer_is_torch_adam_with_coupled_decay():
         v = b2 * v + (1 - b2) * d * d
         a_np = a_np - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
         np.testing.assert_allclose(a, a_np, rtol=1e-5)
+
+
+def test_epoch_step_schedule_is_the_official_imagenet_one():
+    schedule = optim.epoch_step_schedule(0.1, 0.97, steps_per_epoch=10)
+    got = [float(schedule(jnp.asarray(s))) for s in (0, 9, 10, 25)]
+    np.testing.assert_allclose(got, [0.097, 0.097, 0.1 * 0.97**2, 0.1 * 0.97**3], rtol=1e-6)

@@ -87,6 +87,37 @@ def test_aux_head_and_cutout_on_mocked_mnist(tmp_path):
     assert "Valid: [  1/1] Final Prec@1" in log
 
 
+def test_imagenet_streams_from_the_host(tmp_path):
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        code = train_final.main(
+            [
+                "--name",
+                "i",
+                "--dataset",
+                "imagenet",
+                "--genotype",
+                "DARTS_V2",
+                "--out_dir",
+                str(tmp_path),
+                "--epochs",
+                "1",
+                "--lr_schedule",
+                "step",
+                "--label_smoothing",
+                "0.1",
+                "--workers",
+                "2",
+                *TINY,
+                "--batch_size",
+                "2",
+            ]
+        )
+    assert code == 0
+    log = open(tmp_path / "i" / "i.log").read()
+    assert "Epoch 0 LR 0.024250" in log  # 0.025 * 0.97: stepped at the epoch start
+    assert "Valid: [  1/1] Step 001/001" in log  # 4 validation images, batch 2
+
+
 def test_eval_only_without_checkpoint_exits_2(tmp_path, capsys):
     args = ["--name", "none", "--dataset", "digits", "--out_dir", str(tmp_path), "--eval_only"]
     assert train_final.main(args) == 2
