@@ -5,16 +5,19 @@ import sys
 from darts_jax import xla_env
 from darts_jax.config import FinalConfig, parse_args
 from darts_jax.data import DataMissingError
+from darts_jax.parallel import DeviceError, initialize_distributed
 
 
 def main(argv=None) -> int:
     xla_env.configure()  # before the backend starts
     cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
+    if cfg.distributed:
+        initialize_distributed()  # before any computation
     from darts_jax.final_loop import run_final  # imports jax: after flag checks
 
     try:
         run_final(cfg)
-    except (DataMissingError, FileExistsError, FileNotFoundError) as e:
+    except (DataMissingError, FileExistsError, FileNotFoundError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

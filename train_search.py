@@ -5,19 +5,19 @@ import sys
 from darts_jax import xla_env
 from darts_jax.config import SearchConfig, parse_args
 from darts_jax.data import DataMissingError
+from darts_jax.parallel import DeviceError, initialize_distributed
 
 
 def main(argv=None) -> int:
     xla_env.configure()  # before the backend starts
     cfg = parse_args(argv, SearchConfig, "DARTS search with exact second-order alpha gradients")
+    if cfg.distributed:
+        initialize_distributed()  # before any computation
     from darts_jax.search_loop import run_search  # imports jax: after flag checks
 
     try:
         run_search(cfg)
-    except DataMissingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileExistsError as e:
+    except (DataMissingError, FileExistsError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -42,6 +42,7 @@ class SearchConfig:
     steps_per_epoch: int = 0
     resume: bool = False
     progress: bool = True
+    distributed: bool = False
 
     def validate(self) -> SearchConfig:
         """Raises ValueError with one clear message for the first bad value."""
@@ -119,6 +120,7 @@ class FinalConfig:
     eval_only: bool = False
     checkpoint: str | None = None
     progress: bool = True
+    distributed: bool = False
 
     def validate(self) -> FinalConfig:
         """Raises ValueError with one clear message for the first bad value."""
@@ -174,7 +176,10 @@ _HELP = {
     "steps_per_epoch": "cap on steps per epoch (0: the whole split)",
     "resume": "continue the run saved in <out_dir>/<name>/",
     "progress": "show a progress bar per epoch",
-    "gpus": "devices: '0', '0,1,2,3' or 'all' (data parallel: a later release)",
+    "distributed": "multi-host: call jax.distributed.initialize() (SLURM, TPU pods and Open MPI "
+    "are detected; else set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)",
+    "gpus": "devices: '0', '0,1,2,3' or 'all' (data parallel over them; the batch must "
+    "divide by their number)",
     "workers": "host threads reading streamed data (ImageNet); on-device data sets need none",
     "genotype": "genotype text (pt.darts or official form), a file holding it, or a name "
     "(DARTS_V1, DARTS_V2, CIFAR10, MNIST, FASHIONMNIST)",

@@ -22,6 +22,7 @@ from darts_jax import (
     genotypes,
     host_data,
     optim,
+    parallel,
     plot,
     reporting,
     runs,
@@ -59,8 +60,8 @@ class Splits:
     """A data set's train and test splits, on the device (CIFAR-size sets) or read
     batch by batch on the host (ImageNet: ``info.streaming``)."""
 
-    def __init__(self, cfg: FinalConfig, need_train: bool = True):
-        self.info = data.dataset_info(cfg.dataset)
+    def __init__(self, cfg: FinalConfig, par: parallel.Parallel, need_train: bool = True):
+        self.info, self.par = data.dataset_info(cfg.dataset), par
         if self.info.streaming:
             split = lambda name: host_data.HostSplit(self.info, name, cfg.data_dir, cfg.workers)
             self.train = split("train") if need_train else None
@@ -69,33 +70,38 @@ class Splits:
             self.n_test = len(self.test)
         else:
             ds = data.load(cfg.dataset, cfg.data_dir)
-            self.train = tuple(map(jax.device_put, (ds.train_images, ds.train_labels)))
-            self.test = tuple(map(jax.device_put, (ds.test_images, ds.test_labels)))
+            self.train = parallel.put((ds.train_images, ds.train_labels), par.replicated)
+            self.test = parallel.put((ds.test_images, ds.test_labels), par.replicated)
             self.n_train, self.n_test = len(ds.train_labels), len(ds.test_labels)
-            self._gather = jax.jit(runs.gather)
+            self._gather = runs.jit_gather(par)
 
     def train_batches(self, batch_indices: np.ndarray, seed: tuple):
         """Training batches {'images', 'labels'} on the device, in order."""
         if self.info.streaming:
-            for batch in self.train.batches(batch_indices, True, seed):
-                yield jax.device_put(batch)
+            # Each process reads and decodes only its own part of every batch.
+            local = parallel.process_slice(batch_indices, self.par)
+            for batch in self.train.batches(local, True, seed):
+                yield parallel.put_local(batch, self.par.data)
         else:
             for idx in batch_indices:
-                images, labels = self._gather(*self.train, idx)
+                images, labels = self._gather(*self.train, runs.put_indices(self.par, idx))
                 yield {"images": images, "labels": labels}
 
     def evaluate(self, eval_fn, state, batch_size: int) -> dict:
         """Loss, top-1, top-5 over the test split."""
+        par = self.par
         if self.info.streaming:
-            arange = np.arange(batch_size, dtype=np.int32)
+            arange = runs.put_indices(par, np.arange(batch_size))
 
             def fetch(padded):
-                for batch in self.test.batches(padded, False):
+                for batch in self.test.batches(parallel.process_slice(padded, par), False):
+                    batch = parallel.put_local(batch, par.data)
                     yield batch["images"], batch["labels"], arange
 
         else:
-            fetch = runs.resident(*self.test)
-        return runs.evaluate(eval_fn, state, self.n_test, batch_size, jax.random.PRNGKey(0), fetch)
+            fetch = runs.resident(par, *self.test)
+        rng = jax.random.PRNGKey(0)
+        return runs.evaluate(eval_fn, state, self.n_test, batch_size, rng, fetch, par)
 
 
 def model_size_line(params) -> str:
@@ -116,11 +122,12 @@ def run_eval_only(cfg: FinalConfig) -> dict:
     cfg = dataclasses.replace(cfg, **meta.get("model", {}))
     text = cfg.genotype if cfg.genotype is not None else meta["genotype"]
     genotype = genotypes.resolve(text)
-    splits = Splits(cfg, need_train=False)
+    par = parallel.setup(cfg.gpus, cfg.batch_size)
+    splits = Splits(cfg, par, need_train=False)
     model, _, _, state = build(cfg, genotype, splits.info, 1)
-    state, meta = ckpts.restore(state)
+    state, meta = ckpts.restore(parallel.put(state, par.replicated))
     ckpts.close()
-    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False))
+    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False), par)
     val = splits.evaluate(eval_fn, state, cfg.batch_size)
     print(
         f"{directory} (epoch {meta['epoch'] + 1}): test loss {val['loss']:.4f} "
@@ -134,12 +141,13 @@ def run_final(cfg: FinalConfig) -> float:
     if cfg.eval_only:
         return run_eval_only(cfg)["top1"]
     out = os.path.join(cfg.out_dir, cfg.name)
-    logger, tb = runs.open_run(out, cfg.name, cfg.resume, cfg, "final training")
+    logger, tb, par = runs.open_run(out, cfg.name, cfg.resume, cfg, "final training")
     genotype = genotypes.resolve(cfg.genotype)
     logger.info(f"genotype = {genotypes.to_str(genotype)}")
-    plot.plot_genotype(genotype, os.path.join(out, "plots", "cell"), cfg.name)
+    if parallel.is_main_process():
+        plot.plot_genotype(genotype, os.path.join(out, "plots", "cell"), cfg.name)
 
-    splits = Splits(cfg)
+    splits = Splits(cfg, par)
     info, n_train = splits.info, splits.n_train
     steps = n_train // cfg.batch_size
     if steps < 1:
@@ -148,6 +156,7 @@ def run_final(cfg: FinalConfig) -> float:
         steps = min(steps, cfg.steps_per_epoch)
     model, tx, schedule, state = build(cfg, genotype, info, steps)
     logger.info(model_size_line(state.params))
+    state = parallel.put(state, par.replicated)
 
     last = checkpoint.Checkpoints(os.path.join(out, "checkpoints"), max_to_keep=1)
     best = checkpoint.Checkpoints(os.path.join(out, "best"), max_to_keep=1)
@@ -159,8 +168,13 @@ def run_final(cfg: FinalConfig) -> float:
 
     hyper = FinalHyper(steps, cfg.epochs, cfg.drop_path_prob, cfg.aux_weight, cfg.label_smoothing)
     train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)
-    train_step = jax.jit(make_train_step(model, tx, schedule, train_aug, hyper), donate_argnums=0)
-    eval_fn = make_eval_step(model, augment.make_augment(info, train=False))
+    train_step = jax.jit(
+        make_train_step(model, tx, schedule, train_aug, hyper),
+        in_shardings=(par.replicated, par.data),
+        out_shardings=(par.replicated, par.replicated),
+        donate_argnums=0,
+    )
+    eval_fn = make_eval_step(model, augment.make_augment(info, train=False), par)
 
     for epoch in range(start_epoch, cfg.epochs):
         batches = data.epoch_batches(

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from darts_jax import runs
 from darts_jax.metrics import classification_metrics, masked_sums
 
 
@@ -132,9 +133,10 @@ def make_train_step(
     return step
 
 
-def make_eval_step(model: nn.Module, augment: Callable) -> Callable:
+def make_eval_step(model: nn.Module, augment: Callable, par=None) -> Callable:
     """Jitted ``(state, images_all, labels_all, idx, mask, rng) -> sums`` in eval mode,
-    on device-resident data (the signature ``search_loop.evaluate`` drives)."""
+    on device-resident data (the signature ``runs.evaluate`` drives); on the mesh
+    of ``par`` (a ``parallel.Parallel``) when given."""
 
     def fn(state, images_all, labels_all, idx, mask, rng):
         images, labels = images_all[idx], labels_all[idx]
@@ -145,4 +147,4 @@ def make_eval_step(model: nn.Module, augment: Callable) -> Callable:
         )
         return masked_sums(logits, labels, mask)
 
-    return jax.jit(fn)
+    return jax.jit(fn) if par is None else runs.jit_eval(fn, par)

@@ -6,20 +6,24 @@ import logging
 import os
 import sys
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
 from darts_jax.genotypes import PRIMITIVES
+from darts_jax.parallel import to_host
 
 
-def get_logger(path: str, name: str = "darts_jax") -> logging.Logger:
-    """pt.darts's logger: '%(asctime)s | %(message)s' to the file and to stdout."""
+def get_logger(path: str, name: str = "darts_jax", write: bool = True) -> logging.Logger:
+    """pt.darts's logger: '%(asctime)s | %(message)s' to the file and to stdout
+    (nowhere when ``write`` is False: processes other than 0)."""
     logger = logging.getLogger(f"{name}:{os.path.abspath(path)}")
     logger.handlers.clear()
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s | %(message)s", datefmt="%m/%d %I:%M:%S %p")
-    for handler in (logging.FileHandler(path), logging.StreamHandler()):
+    handlers = (logging.FileHandler(path), logging.StreamHandler()) if write else ()
+    if not write:
+        logger.addHandler(logging.NullHandler())
+    for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -105,7 +109,7 @@ class EpochMeter:
         self.bar.update(1)
         if i % print_freq and i != self.steps - 1:
             return None
-        fetched = jax.device_get(self.pending)
+        fetched = to_host(self.pending)
         first_step = self.epoch * self.steps + i - len(fetched) + 1
         for j, m in enumerate(fetched):
             for k in self.KEYS:

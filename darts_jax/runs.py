@@ -9,28 +9,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import reporting
+from darts_jax import parallel, reporting
 
 
 def open_run(out: str, name: str, resume: bool, config, kind: str):
     """Creates ``out`` (refusing to overwrite a run holding checkpoints unless
-    ``resume``) and returns (logger, tensorboard) writing into it."""
+    ``resume``), sets up the device mesh (--gpus) and returns (logger,
+    tensorboard, parallel). Only process 0 writes the log and tensorboard."""
     ckpt_dir = os.path.join(out, "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not resume:
         raise FileExistsError(
             f"{out} already holds a {kind}; pass --resume to continue it, or choose another --name"
         )
-    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    logger = reporting.get_logger(os.path.join(out, f"{name}.log"))
+    par = parallel.setup(config.gpus, config.batch_size)
+    main = parallel.is_main_process()
+    if main:
+        os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    logger = reporting.get_logger(os.path.join(out, f"{name}.log"), write=main)
     logger.info("Logger is set - training start")
     reporting.log_params(logger, config)
-    tb = reporting.TensorBoard(os.path.join(out, "tb"))
-    if config.gpus != "0":
-        logger.info(
-            f"--gpus {config.gpus}: data parallelism is not implemented yet; "
-            f"running on one device ({jax.devices()[0]})"
-        )
-    return logger, tb
+    tb = reporting.TensorBoard(os.path.join(out, "tb") if main else None)
+    devices = ", ".join(str(d) for d in par.mesh.devices.flat)
+    logger.info(
+        f"{par.size} device(s) over {jax.process_count()} process(es), batch "
+        f"{config.batch_size} split {config.batch_size // par.size} per device: {devices}"
+    )
+    return logger, tb, par
 
 
 def gather(images, labels, idx):
@@ -38,7 +42,17 @@ def gather(images, labels, idx):
     return images[idx], labels[idx]
 
 
-def evaluate(eval_fn, state, n: int, batch_size: int, rng, fetch) -> dict:
+def jit_gather(par: parallel.Parallel):
+    """``gather`` jitted so that the batch comes out split over the mesh."""
+    return jax.jit(gather, out_shardings=(par.data, par.data))
+
+
+def put_indices(par: parallel.Parallel, idx):
+    """A batch's indices, replicated (every device gathers its own rows)."""
+    return parallel.put(np.asarray(idx, np.int32), par.replicated)
+
+
+def evaluate(eval_fn, state, n: int, batch_size: int, rng, fetch, par) -> dict:
     """Mean loss, top-1, top-5 over ``n`` examples (and the batch count 'steps'), in
     fixed-size batches: the last one is padded and its padding masked out.
 
@@ -52,20 +66,33 @@ def evaluate(eval_fn, state, n: int, batch_size: int, rng, fetch) -> dict:
     mask = (np.arange(steps * batch_size) < n).reshape(steps, batch_size).astype(np.float32)
     sums = None
     for i, (images, labels, idx) in enumerate(fetch(padded)):
-        out = eval_fn(state, images, labels, idx, mask[i], jax.random.fold_in(rng, i))
+        row_mask, row_rng = parallel.put((mask[i], jax.random.fold_in(rng, i)), par.replicated)
+        out = eval_fn(state, images, labels, idx, row_mask, row_rng)
         sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
+    sums = parallel.to_host(sums)
     return {**{k: float(v) / n for k, v in sums.items()}, "steps": steps}
 
 
-def resident(images_dev, labels_dev, indices=None):
+def resident(par: parallel.Parallel, images_dev, labels_dev, indices=None):
     """``fetch`` for ``evaluate`` over device-resident arrays (optionally a subset)."""
 
     def fetch(padded):
         for row in padded:
-            yield images_dev, labels_dev, row if indices is None else indices[row]
+            yield images_dev, labels_dev, put_indices(par, row if indices is None else indices[row])
 
     return fetch
+
+
+def jit_eval(fn, par: parallel.Parallel):
+    """An evaluation ``fn(state, images, labels, idx, mask, rng) -> sums`` jitted on
+    the mesh: the gathered batch is split over the devices, the sums replicated."""
+
+    def sharded(state, images_all, labels_all, idx, mask, rng):
+        idx = jax.lax.with_sharding_constraint(idx, par.data)
+        mask = jax.lax.with_sharding_constraint(mask, par.data)
+        return fn(state, images_all, labels_all, idx, mask, rng)
+
+    return jax.jit(sharded, out_shardings=par.replicated)
 
 
 def close_logger(logger: logging.Logger) -> None:

@@ -14,14 +14,24 @@ import time
 import jax
 import numpy as np
 
-from darts_jax import augment, checkpoint, data, genotypes, optim, plot, reporting, runs
+from darts_jax import (
+    augment,
+    checkpoint,
+    data,
+    genotypes,
+    optim,
+    parallel,
+    plot,
+    reporting,
+    runs,
+)
 from darts_jax.config import SearchConfig
 from darts_jax.metrics import masked_sums
 from darts_jax.search_model import SearchNetwork, count_params
 from darts_jax.search_step import Hyper, create_state, make_train_step
 
 
-def make_masked_eval(model, augment_fn):
+def make_masked_eval(model, augment_fn, par):
     """Jitted ``(state, images, labels, idx, mask, rng) -> sums`` on device-resident data."""
 
     def fn(state, images_all, labels_all, idx, mask, rng):
@@ -34,14 +44,14 @@ def make_masked_eval(model, augment_fn):
         )
         return masked_sums(logits, labels, mask)
 
-    return jax.jit(fn)
+    return runs.jit_eval(fn, par)
 
 
 def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     """Runs (or resumes) a search and returns the best epoch's genotype."""
     out = os.path.join(cfg.out_dir, cfg.name)
     ckpt_dir = os.path.join(out, "checkpoints")
-    logger, tb = runs.open_run(out, cfg.name, cfg.resume, cfg, "search")
+    logger, tb, par = runs.open_run(out, cfg.name, cfg.resume, cfg, "search")
 
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
@@ -62,6 +72,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     a_tx = optim.alpha_optimizer(cfg.alpha_lr, cfg.alpha_weight_decay)
     input_shape = (cfg.batch_size, info.size, info.size, info.channels)
     state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, w_tx, a_tx)
+    state = parallel.put(state, par.replicated)
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
         f"alpha gradient: {cfg.alpha_grad}"
@@ -85,13 +96,16 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             train_aug,
             Hyper(cfg.alpha_grad, cfg.w_momentum, cfg.w_weight_decay),
         ),
+        in_shardings=(par.replicated, par.data),
+        out_shardings=(par.replicated, par.replicated),
         donate_argnums=0,
     )
     # pt.darts validates on the alpha half through the same (augmented) loader.
-    eval_fn = make_masked_eval(model, train_aug)
-    gather = jax.jit(runs.gather)
-    images_dev = jax.device_put(dataset.train_images)
-    labels_dev = jax.device_put(dataset.train_labels)
+    eval_fn = make_masked_eval(model, train_aug, par)
+    gather = runs.jit_gather(par)
+    images_dev, labels_dev = parallel.put(
+        (dataset.train_images, dataset.train_labels), par.replicated
+    )
     eval_rng = jax.random.PRNGKey(cfg.seed + 1)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -104,8 +118,8 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         )
         t0 = time.time()
         for i in range(steps):
-            ti, tl = gather(images_dev, labels_dev, w_batches[i])
-            vi, vl = gather(images_dev, labels_dev, a_batches[i])
+            ti, tl = gather(images_dev, labels_dev, runs.put_indices(par, w_batches[i]))
+            vi, vl = gather(images_dev, labels_dev, runs.put_indices(par, a_batches[i]))
             batch = {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
             state, metrics = train_step(state, batch)
             meter.add(i, metrics, cfg.print_freq)
@@ -121,17 +135,19 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             len(a_idx),
             cfg.batch_size,
             jax.random.fold_in(eval_rng, epoch),
-            runs.resident(images_dev, labels_dev, a_idx.astype(np.int32)),
+            runs.resident(par, images_dev, labels_dev, a_idx.astype(np.int32)),
+            par,
         )
         reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step)
 
-        alphas = jax.device_get(state.alphas)
+        alphas = parallel.to_host(state.alphas)
         reporting.log_alphas(logger, alphas, cfg.n_nodes)
         genotype = genotypes.derive(alphas)
         logger.info(f"genotype = {genotypes.to_str(genotype)}")
-        plot.plot_genotype(
-            genotype, os.path.join(out, "plots", f"EP{epoch + 1:02d}"), f"Epoch {epoch + 1}"
-        )
+        if parallel.is_main_process():
+            plot.plot_genotype(
+                genotype, os.path.join(out, "plots", f"EP{epoch + 1:02d}"), f"Epoch {epoch + 1}"
+            )
         if val["top1"] > best_top1:
             best_top1, best_genotype = val["top1"], genotype
         ckpts.save(
@@ -150,9 +166,10 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         raise RuntimeError("no epoch was run: --epochs is already reached by the checkpoint")
     logger.info(f"Final best Prec@1 = {best_top1:.4%}")
     logger.info(f"Best Genotype = {genotypes.to_str(best_genotype)}")
-    with open(os.path.join(out, "genotype.txt"), "w") as f:
-        f.write(genotypes.to_str(best_genotype) + "\n")
-    plot.plot_genotype(best_genotype, os.path.join(out, "plots", "best"), "Best")
+    if parallel.is_main_process():
+        with open(os.path.join(out, "genotype.txt"), "w") as f:
+            f.write(genotypes.to_str(best_genotype) + "\n")
+        plot.plot_genotype(best_genotype, os.path.join(out, "plots", "best"), "Best")
     tb.close()
     ckpts.close()
     runs.close_logger(logger)

@@ -3,7 +3,13 @@
 import os
 import tempfile
 
-import jax
+# Eight CPU devices for the data-parallel tests (tests/test_parallel.py); every
+# other test runs on device 0 as a one-device run does. Set before JAX starts.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax  # noqa: E402
 
 # Reuse compiled programs between tests (and between e2e runs that build the
 # same step); compiles dominate the suite's time on 2 cores.

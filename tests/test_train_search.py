@@ -7,28 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from tiny_flags import SEARCH_TINY
 
 import train_search
 from darts_jax import genotypes
 
-TINY = [
-    "--dataset",
-    "digits",
-    "--init_channels",
-    "4",
-    "--layers",
-    "3",
-    "--n_nodes",
-    "2",
-    "--batch_size",
-    "8",
-    "--steps_per_epoch",
-    "3",
-    "--print_freq",
-    "2",
-    "--progress",
-    "false",
-]
+TINY = SEARCH_TINY
 
 
 def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):

@@ -1,0 +1,185 @@
+"""Data parallelism over 8 CPU devices (conftest): same results on 1 and 8 devices,
+--gpus parsing and its errors, and a two-process jax.distributed run."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny_flags import SEARCH_TINY
+
+import train_search
+from darts_jax import genotypes, optim, parallel
+from darts_jax import genotypes as G
+from darts_jax.final_model import FinalNetwork
+from darts_jax.final_step import FinalHyper
+from darts_jax.final_step import create_state as final_state
+from darts_jax.final_step import make_train_step as final_train_step
+from darts_jax.search_model import SearchNetwork
+from darts_jax.search_step import Hyper, create_state, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALE = lambda rng, x: x.astype(jnp.float32) / 255.0  # noqa: E731
+
+
+def _max_diff(a, b):
+    """Largest difference between two state pytrees, relative to each leaf's scale."""
+    diffs = jax.tree_util.tree_map(
+        lambda x, y: float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-3)), a, b
+    )
+    return max(jax.tree_util.tree_leaves(diffs))
+
+
+def _run(step_fn, state, batch, gpus):
+    par = parallel.setup(gpus, 8)
+    step = jax.jit(
+        step_fn,
+        in_shardings=(par.replicated, par.data),
+        out_shardings=(par.replicated, par.replicated),
+    )
+    state, metrics = step(parallel.put(state, par.replicated), parallel.put(batch, par.data))
+    return parallel.to_host((state, metrics))
+
+
+def _search_case(order, dtype):
+    model = SearchNetwork(C=4, num_classes=10, layers=3, n_nodes=2)
+    schedule = optim.epoch_cosine_schedule(0.025, 0.001, 2, 4)
+    w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
+    a_tx = optim.alpha_optimizer(3e-4, 1e-3)
+    state = create_state(model, jax.random.PRNGKey(0), (8, 8, 8, 1), w_tx, a_tx)
+    state = jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+    )
+    augment = lambda rng, x: x.astype(dtype) / 255.0  # noqa: E731
+    rng = np.random.default_rng(0)
+    batch = {
+        "train_images": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
+        "val_images": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, 8).astype(np.int32),
+        "val_labels": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    return make_train_step(model, w_tx, a_tx, schedule, augment, Hyper(order)), state, batch
+
+
+def test_search_step_is_the_same_on_1_and_8_devices():
+    step, state, batch = _search_case("first", jnp.float32)
+    one, eight = _run(step, state, batch, "0"), _run(step, state, batch, "all")
+    assert _max_diff(eight, one) < 1e-4
+
+
+def test_exact_second_order_step_on_8_devices_in_float64():
+    with jax.enable_x64(True):
+        step, state, batch = _search_case("second", jnp.float64)
+        one, eight = _run(step, state, batch, "0"), _run(step, state, batch, "all")
+    assert _max_diff(eight, one) < 1e-10
+
+
+def test_final_step_is_the_same_on_1_and_8_devices():
+    model = FinalNetwork(G.DARTS_V2, C=4, num_classes=10, layers=3, auxiliary=True)
+    schedule = optim.epoch_cosine_schedule(0.025, 0.0, 4, 2)
+    tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
+    state = final_state(model, jax.random.PRNGKey(0), (1, 24, 24, 3), tx)
+    # Drop path off: its masks are drawn per global sample, the same either way,
+    # but keeping it off makes a failure easy to read.
+    step = final_train_step(model, tx, schedule, SCALE, FinalHyper(2, 4, 0.0, 0.4))
+    rng = np.random.default_rng(0)
+    batch = {
+        "images": rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    one, eight = _run(step, state, batch, "0"), _run(step, state, batch, "all")
+    assert _max_diff(eight, one) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "gpus, batch, message",
+    [
+        ("a,b", 8, "comma list"),
+        ("0,0", 8, "twice"),
+        ("9", 8, "no device 9"),
+        ("all", 6, "does not divide over the 8 devices"),
+    ],
+)
+def test_gpus_errors(gpus, batch, message):
+    with pytest.raises(ValueError, match=message):
+        parallel.setup(gpus, batch)
+
+
+def test_gpus_selects_devices():
+    assert parallel.setup("0", 8).size == 1
+    assert parallel.setup("1,3", 8).mesh.devices.tolist() == [jax.devices()[1], jax.devices()[3]]
+    assert parallel.setup("all", 8).size == 8
+
+
+# tests/test_train_search.py's first run, so that one-device run's compiles are cached.
+TINY = [*SEARCH_TINY, "--epochs", "1"]
+
+
+def test_short_search_gives_the_same_genotype_on_1_and_8_devices(tmp_path):
+    found = {}
+    for gpus in ("0", "all"):
+        args = ["--name", f"g{gpus}", "--out_dir", str(tmp_path), "--gpus", gpus, *TINY]
+        assert train_search.main(args) == 0
+        found[gpus] = open(tmp_path / f"g{gpus}" / "genotype.txt").read()
+    assert genotypes.from_str(found["all"]) == genotypes.from_str(found["0"])
+    log = open(tmp_path / "gall" / "gall.log").read()
+    assert "8 device(s) over 1 process(es), batch 8 split 1 per device" in log
+
+
+def test_bad_gpus_exits_2(tmp_path, capsys):
+    args = ["--name", "x", "--out_dir", str(tmp_path), *TINY, "--gpus", "0,9"]
+    assert train_search.main(args) == 2
+    assert "no device 9" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+    """jax.distributed over two local processes of 2 CPU devices each runs the
+    same search as one process on one device."""
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
+        "JAX_NUM_PROCESSES": "2",
+        "PYTHONPATH": REPO,
+    }
+    # First order keeps the three compiles short; the step's equality in exact
+    # second order is checked above.
+    script = os.path.join(REPO, "train_search.py")
+    args = [sys.executable, script, *TINY, "--alpha_grad", "first", "--gpus", "all"]
+    dist = [*args, "--name", "dist", "--out_dir", str(tmp_path), "--distributed"]
+    procs = [
+        subprocess.Popen(
+            dist,
+            env={**env, "JAX_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    single = [*args[:-2], "--gpus", "0", "--name", "single", "--out_dir", str(tmp_path)]
+    subprocess.run(single, env=env, check=True, capture_output=True)
+    log = open(tmp_path / "dist" / "dist.log").read()
+    assert "4 device(s) over 2 process(es)" in log
+    assert (
+        open(tmp_path / "dist" / "genotype.txt").read()
+        == open(tmp_path / "single" / "genotype.txt").read()
+    )
+    last = lambda text: [line for line in text.splitlines() if "Final best Prec@1" in line][-1]  # noqa: E731
+    single_log = open(tmp_path / "single" / "single.log").read()
+    assert last(log).split("|")[1] == last(single_log).split("|")[1]
