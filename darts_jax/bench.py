@@ -2,13 +2,16 @@
 
     python -m darts_jax.bench --net search --config test --order first,second
     python -m darts_jax.bench --net final --config default --torch
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
 Each row runs in a fresh child process (so peak memory is that step's alone)
 and prints trace+compile seconds, steady seconds per step, images/s (search:
 train + val images per step) and peak memory (device peak on a GPU, RSS on
 the CPU). With ``--torch`` every row is followed by the same network in our
 PyTorch reference (``darts_jax.interop.torch_bench``, needs torch) and the
-ratio of step times. Not a test: figures go to BENCHMARKS.md.
+ratio of step times. ``--gpus`` sweeps device counts (data parallel, the
+batch split over the devices). Not a test: figures go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -102,11 +105,13 @@ def _scale(rng, x):
     return x.astype("float32") / 255.0
 
 
-def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
+def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: str) -> dict:
     from darts_jax import xla_env
 
     xla_env.configure()  # as the training scripts do
     import jax
+
+    from darts_jax import parallel
 
     t = time.perf_counter()
     if net == "search":
@@ -114,8 +119,15 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
     else:
         state, step, arrays, shape, images_per_sample = _final_setup(config)
     init_s = time.perf_counter() - t
-    step = jax.jit(step, donate_argnums=0)
-    arrays = jax.device_put(arrays)
+    par = parallel.setup(gpus, shape["batch"])
+    step = jax.jit(
+        step,
+        in_shardings=(par.replicated, par.data),
+        out_shardings=(par.replicated, par.replicated),
+        donate_argnums=0,
+    )
+    state = parallel.put(state, par.replicated)
+    arrays = parallel.put(arrays, par.data)
     t = time.perf_counter()
     lowered = step.lower(state, arrays)
     trace_s = time.perf_counter() - t
@@ -136,6 +148,7 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int) -> dict:
         "order": order if net == "search" else "-",
         **shape,
         "n_nodes": n_nodes,
+        "devices": par.size,
         "init_s": round(init_s, 2),
         "trace_s": round(trace_s, 2),
         "compile_s": round(compile_s, 2),
@@ -172,36 +185,44 @@ def main(argv=None) -> int:
         "--n_nodes", type=int, default=4, help="search: intermediate nodes per cell"
     )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
+    parser.add_argument(
+        "--gpus",
+        default="0",
+        help="comma list of --gpus values to sweep, ';'-separated (e.g. '0;0,1;all')",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per row")
     parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     orders = args.order.split(",") if args.net == "search" else ["-"]
     if args.child:
-        row = _child(args.net, args.config, orders[0], args.steps, args.n_nodes)
+        row = _child(args.net, args.config, orders[0], args.steps, args.n_nodes, args.gpus)
         print(json.dumps(row), flush=True)
         return 0
     print(
-        f"{'framework':9} {'net':6} {'config':8} {'order':6} {'compile s':>9} {'s/step':>9} "
-        f"{'img/s':>9} {'peak GB':>8}",
+        f"{'framework':9} {'net':6} {'config':8} {'order':6} {'devices':>7} {'compile s':>9} "
+        f"{'s/step':>9} {'img/s':>9} {'peak GB':>8}",
         flush=True,
     )
-    for order in orders:
+    for order, gpus in [(o, g) for o in orders for g in args.gpus.split(";")]:
         common = ["--config", args.config, "--steps", str(args.steps)]
         jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
-        jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes)]
+        jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
         rows = [("jax", _run_child(jax_cmd, args.timeout))]
-        if args.torch:
+        if args.torch and gpus == "0":
             torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]
             torch_cmd += common + (["--order", order] if args.net == "search" else [])
             rows.append(("torch", _run_child(torch_cmd, args.timeout)))
         for framework, r in rows:
+            n = r.get("devices", 1) if isinstance(r, dict) else gpus
             if isinstance(r, str):
-                print(f"{framework:9} {args.net:6} {args.config:8} {order:6} {r}", flush=True)
+                print(
+                    f"{framework:9} {args.net:6} {args.config:8} {order:6} {n:>7} {r}", flush=True
+                )
                 continue
             compile_s = r.get("trace_compile_s", r.get("warmup_s", float("nan")))
             print(
-                f"{framework:9} {args.net:6} {args.config:8} {order:6} {compile_s:>9.1f} "
+                f"{framework:9} {args.net:6} {args.config:8} {order:6} {n:>7} {compile_s:>9.1f} "
                 f"{r['step_s']:>9.4f} {r['images_per_s']:>9.1f} {r['peak_mem_gb']:>8.2f}",
                 flush=True,
             )
