@@ -10,6 +10,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Reuse compiled programs between tests (and between e2e runs that build the
 # same step); compiles dominate the suite's time on 2 cores.
@@ -18,3 +19,14 @@ _cache = os.environ.get(
 )
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """PyTorch on one thread for tiny shapes: OpenMP threads only add overhead,
+    and spin-waiting threads slow down a hundredfold on a busy 2-core machine."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

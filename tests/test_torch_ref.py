@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 from darts_jax import genotypes as gt  # noqa: E402
 from darts_jax.interop import torch_ref as tr  # noqa: E402
@@ -28,16 +29,6 @@ def _layout(model):
         (k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch."))
         for k, v in model.state_dict().items()
     ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny shapes: OpenMP threads only add overhead, and spin-waiting threads
-    # slow down a hundredfold on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
