@@ -3,9 +3,9 @@
 import sys
 
 from darts_jax import xla_env
-from darts_jax.config import FinalConfig, parse_args
+from darts_jax.config import FinalConfig, UsageError, parse_args
 from darts_jax.data import DataMissingError
-from darts_jax.parallel import DeviceError, initialize_distributed
+from darts_jax.parallel import initialize_distributed
 
 
 def main(argv=None) -> int:
@@ -17,7 +17,7 @@ def main(argv=None) -> int:
 
     try:
         run_final(cfg)
-    except (DataMissingError, FileExistsError, FileNotFoundError, DeviceError) as e:
+    except (DataMissingError, FileExistsError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 
 from darts_jax import architect, data, genotypes
+
+
+class UsageError(ValueError):
+    """Input the user can fix (devices, checkpoints to import): the scripts print it
+    and exit with status 2."""
+
 
 _GPUS_RE = re.compile(r"^(all|\d+(,\d+)*)$")
 
@@ -43,10 +50,18 @@ class SearchConfig:
     resume: bool = False
     progress: bool = True
     distributed: bool = False
+    init_from: str | None = None
+    init_layout: str = "ptdarts_search"
 
     def validate(self) -> SearchConfig:
         """Raises ValueError with one clear message for the first bad value."""
         _check_common(self)
+        if self.init_layout not in ("ptdarts_search", "official_search"):
+            raise ValueError(
+                f"--init_layout must be ptdarts_search or official_search, got {self.init_layout!r}"
+            )
+        if self.init_from is not None and not os.path.isfile(self.init_from):
+            raise ValueError(f"--init_from {self.init_from}: no such file")
         if data.dataset_info(self.dataset).streaming:
             raise ValueError(f"--dataset {self.dataset}: the search runs on CIFAR-size data sets")
         positive = (
@@ -119,6 +134,8 @@ class FinalConfig:
     resume: bool = False
     eval_only: bool = False
     checkpoint: str | None = None
+    torch_checkpoint: str | None = None
+    torch_layout: str = "ptdarts_final"
     progress: bool = True
     distributed: bool = False
 
@@ -150,6 +167,15 @@ class FinalConfig:
             raise ValueError(f"--lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.checkpoint is not None and not self.eval_only:
             raise ValueError("--checkpoint is read only with --eval_only")
+        if self.torch_checkpoint is not None:
+            if not self.eval_only or self.genotype is None:
+                raise ValueError("--torch_checkpoint needs --eval_only and --genotype")
+            if not os.path.isfile(self.torch_checkpoint):
+                raise ValueError(f"--torch_checkpoint {self.torch_checkpoint}: no such file")
+        if self.torch_layout not in ("ptdarts_final", "official_final"):
+            raise ValueError(
+                f"--torch_layout must be ptdarts_final or official_final, got {self.torch_layout!r}"
+            )
         return self
 
 
@@ -191,6 +217,13 @@ _HELP = {
     "lr_gamma": "per-epoch decay of --lr_schedule step",
     "eval_only": "evaluate a checkpoint on the test split, no training",
     "checkpoint": "with --eval_only: checkpoint folder (default <out_dir>/<name>/best)",
+    "torch_checkpoint": "with --eval_only: evaluate a PyTorch final-network checkpoint "
+    "(.pt/.pth/.pth.tar) instead",
+    "torch_layout": "its layout: ptdarts_final (pt.darts AugmentCNN) or official_final "
+    "(official NetworkCIFAR)",
+    "init_from": "start the search from a PyTorch search checkpoint (weights, BN statistics, "
+    "alphas; fresh optimizers)",
+    "init_layout": "its layout: ptdarts_search or official_search",
 }
 
 

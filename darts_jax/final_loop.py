@@ -13,6 +13,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from darts_jax import (
@@ -27,9 +28,15 @@ from darts_jax import (
     reporting,
     runs,
 )
-from darts_jax.config import FinalConfig
+from darts_jax.config import FinalConfig, UsageError
 from darts_jax.final_model import FinalNetwork, count_params_excluding_aux
-from darts_jax.final_step import FinalHyper, create_state, make_eval_step, make_train_step
+from darts_jax.final_step import (
+    FinalHyper,
+    FinalState,
+    create_state,
+    make_eval_step,
+    make_train_step,
+)
 
 MODEL_FIELDS = ("init_channels", "layers", "aux_weight", "stem_multiplier")
 WIDTH = 3  # augment.py prints the epoch in width 3 (600 epochs)
@@ -110,7 +117,10 @@ def model_size_line(params) -> str:
 
 
 def run_eval_only(cfg: FinalConfig) -> dict:
-    """Evaluates a saved checkpoint (default: the run's best) on the test split."""
+    """Evaluates a saved checkpoint (default: the run's best, or a PyTorch
+    checkpoint with --torch_checkpoint) on the test split."""
+    if cfg.torch_checkpoint is not None:
+        return _eval_torch_checkpoint(cfg)
     directory = cfg.checkpoint or os.path.join(cfg.out_dir, cfg.name, "best")
     if not os.path.isdir(directory):
         raise FileNotFoundError(
@@ -132,6 +142,36 @@ def run_eval_only(cfg: FinalConfig) -> dict:
     print(
         f"{directory} (epoch {meta['epoch'] + 1}): test loss {val['loss']:.4f} "
         f"Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
+    )
+    return val
+
+
+def _eval_torch_checkpoint(cfg: FinalConfig) -> dict:
+    from darts_jax.interop import convert  # torch only here
+
+    try:
+        model, variables, _ = convert.from_torch(
+            cfg.torch_checkpoint, cfg.torch_layout, genotype=cfg.genotype
+        )
+    except (ValueError, NotImplementedError) as e:
+        raise UsageError(f"--torch_checkpoint {cfg.torch_checkpoint}: {e}") from e
+    par = parallel.setup(cfg.gpus, cfg.batch_size)
+    splits = Splits(cfg, par, need_train=False)
+    if model.num_classes != splits.info.num_classes:
+        raise UsageError(
+            f"{cfg.torch_checkpoint} has {model.num_classes} classes, "
+            f"{splits.info.name} has {splits.info.num_classes}"
+        )
+    model = dataclasses.replace(model, imagenet=splits.info.name == "imagenet")
+    state = FinalState(
+        jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], None, None
+    )
+    state = parallel.put(state, par.replicated)
+    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False), par)
+    val = splits.evaluate(eval_fn, state, cfg.batch_size)
+    print(
+        f"{cfg.torch_checkpoint} ({cfg.torch_layout}, {model.C} channels, {model.layers} cells): "
+        f"test loss {val['loss']:.4f} Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
     )
     return val
 

@@ -21,10 +21,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from darts_jax.config import UsageError
+
 AXIS = "data"
 
 
-class DeviceError(ValueError):
+class DeviceError(UsageError):
     """--gpus names devices that are not there, or the batch does not divide over them."""
 
 

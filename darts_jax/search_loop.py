@@ -12,6 +12,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from darts_jax import (
@@ -25,7 +26,7 @@ from darts_jax import (
     reporting,
     runs,
 )
-from darts_jax.config import SearchConfig
+from darts_jax.config import SearchConfig, UsageError
 from darts_jax.metrics import masked_sums
 from darts_jax.search_model import SearchNetwork, count_params
 from darts_jax.search_step import Hyper, create_state, make_train_step
@@ -45,6 +46,35 @@ def make_masked_eval(model, augment_fn, par):
         return masked_sums(logits, labels, mask)
 
     return runs.jit_eval(fn, par)
+
+
+def import_torch_search(cfg: SearchConfig, model, state, w_tx, a_tx):
+    """The state with a PyTorch search checkpoint's weights, BN statistics and
+    alphas, and fresh optimizers (the checkpoint holds none)."""
+    from darts_jax.interop import convert  # torch only here
+
+    try:
+        imported, variables, alphas = convert.from_torch(cfg.init_from, cfg.init_layout)
+    except (ValueError, NotImplementedError) as e:
+        raise UsageError(f"--init_from {cfg.init_from}: {e}") from e
+    fields = ("C", "num_classes", "layers", "n_nodes", "stem_multiplier")
+    differ = [
+        f"{f} {getattr(imported, f)} (flags: {getattr(model, f)})"
+        for f in fields
+        if getattr(imported, f) != getattr(model, f)
+    ]
+    if differ:
+        raise UsageError(f"{cfg.init_from} does not match the flags: {', '.join(differ)}")
+    cast = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.asarray(n, o.dtype), new, old)  # noqa: E731
+    params = cast(variables["params"], state.params)
+    alphas = cast(alphas, state.alphas)
+    return state._replace(
+        params=params,
+        batch_stats=cast(variables["batch_stats"], state.batch_stats),
+        alphas=alphas,
+        w_opt_state=w_tx.init(params),
+        a_opt_state=a_tx.init(alphas),
+    )
 
 
 def run_search(cfg: SearchConfig) -> genotypes.Genotype:
@@ -72,6 +102,9 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     a_tx = optim.alpha_optimizer(cfg.alpha_lr, cfg.alpha_weight_decay)
     input_shape = (cfg.batch_size, info.size, info.size, info.channels)
     state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, w_tx, a_tx)
+    if cfg.init_from is not None:
+        state = import_torch_search(cfg, model, state, w_tx, a_tx)
+        logger.info(f"Initialised from {cfg.init_from} ({cfg.init_layout})")
     state = parallel.put(state, par.replicated)
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
