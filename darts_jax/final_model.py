@@ -52,23 +52,28 @@ class SepConv(nn.Module):
 
 
 class PoolBN(nn.Module):
-    """3x3 max or average pool (padding excluded from the mean), then affine BN."""
+    """3x3 max or average pool (padding excluded from the mean), then affine BN
+    (pt.darts; ``bn=False``: the official network's bare pool)."""
 
     kind: str
     stride: int
+    bn: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool):
         pool = ops.max_pool_3x3 if self.kind == "max" else ops.avg_pool_3x3
-        return ops.BatchNorm(affine=True, name="bn")(pool(x, self.stride), train)
+        y = pool(x, self.stride)
+        return ops.BatchNorm(affine=True, name="bn")(y, train) if self.bn else y
 
 
-def make_op(name: str, features: int, stride: int, op_name: str) -> nn.Module | None:
+def make_op(
+    name: str, features: int, stride: int, op_name: str, pool_bn: bool = True
+) -> nn.Module | None:
     """The module for a genotype op other than `none`; None for identity."""
     if name == "max_pool_3x3":
-        return PoolBN("max", stride, name=op_name)
+        return PoolBN("max", stride, pool_bn, name=op_name)
     if name == "avg_pool_3x3":
-        return PoolBN("avg", stride, name=op_name)
+        return PoolBN("avg", stride, pool_bn, name=op_name)
     if name == "skip_connect":
         return None if stride == 1 else ops.FactorizedReduce(features, True, name=op_name)
     if name in ("sep_conv_3x3", "sep_conv_5x5"):
@@ -93,6 +98,7 @@ class FinalCell(nn.Module):
     features: int
     reduction: bool
     reduction_prev: bool
+    pool_bn: bool = True
 
     @nn.compact
     def __call__(self, s0, s1, train: bool, drop_prob):
@@ -111,7 +117,7 @@ class FinalCell(nn.Module):
                 if name == "none":
                     total = total if total is not None else jnp.zeros_like(x[:, ::stride, ::stride])
                     continue
-                op = make_op(name, c, stride, f"node{i}_edge{e}")
+                op = make_op(name, c, stride, f"node{i}_edge{e}", self.pool_bn)
                 if op is None:
                     y = x
                 else:
@@ -172,6 +178,9 @@ class FinalNetwork(nn.Module):
     in training with ``auxiliary``. Pass ``rngs={'drop_path': key}`` when training
     with a positive ``drop_prob``.
 
+    ``pool_bn=False``: no BN after max/avg pooling, as the official networks
+    have it (for their imported checkpoints).
+
     ``imagenet``: the official NetworkImageNet instead: stem0 (conv 3x3 stride 2
     to C/2, BN, ReLU, conv 3x3 stride 2 to C, BN), stem1 (ReLU, conv 3x3 stride
     2, BN) feeding s0 and s1 (so the first cell reduces s0), the ImageNet aux
@@ -186,6 +195,7 @@ class FinalNetwork(nn.Module):
     auxiliary: bool = True
     stem_multiplier: int = 3
     imagenet: bool = False
+    pool_bn: bool = True
 
     @nn.compact
     def __call__(self, x_nhwc, train: bool, drop_prob=0.0):
@@ -207,7 +217,13 @@ class FinalNetwork(nn.Module):
                 (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
             )
             cell = FinalCell(
-                _frozen(nodes), tuple(concat), c, reduction, reduction_prev, name=f"cell{i}"
+                _frozen(nodes),
+                tuple(concat),
+                c,
+                reduction,
+                reduction_prev,
+                self.pool_bn,
+                name=f"cell{i}",
             )
             s0, s1 = s1, cell(s0, s1, train, jnp.asarray(drop_prob, x_nhwc.dtype))
             reduction_prev = reduction

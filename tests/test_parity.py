@@ -1,6 +1,7 @@
 """PyTorch checkpoint conversion (interop.convert) and numerical parity with the
 PyTorch reference (interop.parity), float64 on both sides, rel 1e-10."""
 
+import math
 import os
 import subprocess
 import sys
@@ -183,19 +184,23 @@ def test_official_final_converts_without_pools_and_refuses_pools():
     assert model.auxiliary
     _assert_trees_equal(variables, variables2)
 
-    # DARTS_V2 pools without BN in the official network: not representable
-    layout = convert.torch_layout("official_final", FinalNetwork(gt.DARTS_V2, 4, 10, 3, True))
-    sd = {k: torch.zeros(s, dtype=torch.int64 if not s else torch.float32) for k, s in layout}
-    with pytest.raises(NotImplementedError, match="no BN|BN after every max/avg pool"):
-        convert.from_torch(sd, "official_final", genotype="DARTS_V2")
+    # DARTS_V2 pools without BN in the official network: imported as pool_bn=False,
+    # and exported back exactly; a pt.darts model (BN after pools) cannot be exported.
     torch.manual_seed(4)
-    v2 = convert.from_torch(
-        tr.AugmentCNN(32, 3, 4, 10, 3, True, gt.DARTS_V2).state_dict(),
-        "ptdarts_final",
-        genotype=gt.DARTS_V2,
-    )[1]
+    ptd = tr.AugmentCNN(32, 3, 4, 10, 3, True, gt.DARTS_V2)
+    _, v2, _ = convert.from_torch(ptd.state_dict(), "ptdarts_final", genotype=gt.DARTS_V2)
     with pytest.raises(NotImplementedError, match="reduce node 0 edge 0 \\(max_pool_3x3\\)"):
         convert.to_torch(v2, None, "official_final", genotype=gt.DARTS_V2)
+    layout = convert.torch_layout("official_final", FinalNetwork(gt.DARTS_V2, 4, 10, 3, True))
+    sd = {
+        k: torch.arange(math.prod(s), dtype=torch.float32).reshape(s) / 7 if s else torch.tensor(1)
+        for k, s in layout
+    }
+    model, v_official, _ = convert.from_torch(sd, "official_final", genotype="DARTS_V2")
+    assert not model.pool_bn
+    back = convert.to_torch(v_official, None, "official_final", genotype=gt.DARTS_V2)
+    assert list(back) == [k for k, _ in layout]
+    assert all(torch.equal(back[k], sd[k]) for k, s in layout if s)
 
 
 def test_strict_key_and_shape_errors_list_every_name(final_net):

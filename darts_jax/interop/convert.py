@@ -13,10 +13,11 @@ Layouts (the state_dict names of tests/data/*.tsv):
   ``alphas_normal`` / ``alphas_reduce`` (14, 8) with ``none`` FIRST: columns
   are permuted to darts_jax's order (``none`` last) on import and back on export.
 - ``official_final``: the official ``NetworkCIFAR``. It has no BN after max/avg
-  pooling, where darts_jax's FinalNetwork (pt.darts's AugmentCNN) has an affine
-  BN: a genotype with a pooling op raises NotImplementedError naming the
-  pooling edges; genotypes without pooling convert exactly. (Its aux head
-  pools with stride 3, darts_jax with feature size - 5: equal on 32x32 input.)
+  pooling, where pt.darts's AugmentCNN has an affine one: imports build a
+  ``FinalNetwork(pool_bn=False)``; exporting a ``pool_bn=True`` model whose
+  genotype pools raises NotImplementedError naming the pooling edges (their
+  BN has nowhere to go). (Its aux head pools with stride 3, darts_jax with
+  feature size - 5: equal on 32x32 input.)
 
 Conventions (all conversions are exact: transposes, slices and copies only):
 
@@ -277,7 +278,7 @@ def _search_entries(model: SearchNetwork, official: bool) -> list[Entry]:
 def _final_op(q: str, names: _Names, path: tuple, name: str, stride2: bool) -> list[Entry]:
     p = ("params", *path)
     if name in POOLS:
-        return _bn(f"{q}.bn", (*path, "bn"), affine=True)  # pt.darts only: see _unsupported
+        return _bn(f"{q}.bn", (*path, "bn"), affine=True)  # pt.darts's pool BN
     if name == "skip_connect":
         if not stride2:
             return []  # identity
@@ -324,7 +325,7 @@ def _final_entries(model: FinalNetwork, official: bool) -> list[Entry]:
                 q = f"{prefix}._ops.{flat}" if official else f"{prefix}.dag.{i}.{e}.0"
                 flat += 1
                 if official and name in POOLS:
-                    continue  # no parameters, no BN: unsupported, see _unsupported
+                    continue  # a bare pool: no parameters (the model has pool_bn=False)
                 out += _final_op(q, names, (cell, f"node{i}_edge{e}"), name, reduction and j < 2)
         reduction_prev = reduction
     if model.auxiliary:
@@ -366,7 +367,7 @@ def layout_entries(layout: str, model: SearchNetwork | FinalNetwork) -> list[Ent
 
 def _unsupported(layout: str, model) -> None:
     """Raises NotImplementedError where darts_jax's model cannot hold the PyTorch one."""
-    if layout != "official_final":
+    if layout != "official_final" or not model.pool_bn:
         return
     g = gt.validate(model.genotype)
     pools = [
@@ -378,10 +379,10 @@ def _unsupported(layout: str, model) -> None:
     ]
     if pools:
         raise NotImplementedError(
-            "official DARTS NetworkCIFAR pools without a BN afterwards, while darts_jax's "
-            "FinalNetwork (pt.darts AugmentCNN) has an affine BN after every max/avg pool; "
-            f"this genotype pools at {', '.join(pools)}. Only genotypes without pooling "
-            "ops convert between official_final and darts_jax."
+            "official DARTS NetworkCIFAR pools without a BN afterwards, while this model "
+            "(pool_bn=True, pt.darts's AugmentCNN) has an affine BN after every max/avg pool; "
+            f"this genotype pools at {', '.join(pools)}: those BNs cannot be exported. "
+            "Models imported from official_final have pool_bn=False and export exactly."
         )
 
 
@@ -626,6 +627,18 @@ def _hparams_from_variables(variables, alphas) -> dict[str, Any]:
     return h
 
 
+def _has_pool_bn(params, genotype, layers: int) -> bool | None:
+    """Whether a final network's variables hold a BN after pooling (None: no pools)."""
+    g = gt.validate(genotype)
+    for c in range(layers):
+        nodes = g.reduce if c in reduction_indices(layers) else g.normal
+        for i, node in enumerate(nodes):
+            for e, (name, _) in enumerate(node):
+                if name in POOLS:
+                    return f"node{i}_edge{e}" in params.get(f"cell{c}", {})
+    return None
+
+
 def _build_model(layout: str, h: Mapping[str, Any], genotype):
     if layout.endswith("search"):
         return SearchNetwork(
@@ -634,7 +647,13 @@ def _build_model(layout: str, h: Mapping[str, Any], genotype):
     if genotype is None:
         raise ValueError(f"layout {layout!r} needs genotype= (a Genotype, its text or a name)")
     return FinalNetwork(
-        genotype, h["C"], h["num_classes"], h["layers"], h["auxiliary"], h["stem_multiplier"]
+        genotype,
+        h["C"],
+        h["num_classes"],
+        h["layers"],
+        h["auxiliary"],
+        h["stem_multiplier"],
+        pool_bn=layout != "official_final" if h.get("pool_bn") is None else h["pool_bn"],
     )
 
 
@@ -843,7 +862,10 @@ def to_torch(
         raise ValueError(f"layout {layout!r} is a final network: it has no alphas")
     h = _hparams_from_variables(variables, alphas)
     if model is None:
-        model = _build_model(layout, h, _resolve_genotype(genotype))
+        genotype = _resolve_genotype(genotype)
+        if not search and genotype is not None:
+            h["pool_bn"] = _has_pool_bn(variables["params"], genotype, h["layers"])
+        model = _build_model(layout, h, genotype)
     _unsupported(layout, model)
     shapes = variable_shapes(model, h["c_in"])
     flat = {
