@@ -130,8 +130,12 @@ def run_eval_only(cfg: FinalConfig) -> dict:
     meta = ckpts.read_meta()
     # The network's shape comes from the checkpoint, so only --name/--dataset are needed.
     cfg = dataclasses.replace(cfg, **meta.get("model", {}))
-    text = cfg.genotype if cfg.genotype is not None else meta["genotype"]
-    genotype = genotypes.resolve(text)
+    genotype = genotypes.resolve(meta["genotype"])
+    if cfg.genotype is not None and genotypes.resolve(cfg.genotype) != genotype:
+        raise UsageError(
+            f"--genotype differs from the one {directory} was trained with: "
+            f"{genotypes.to_str(genotype)} (leave --genotype out to use it)"
+        )
     par = parallel.setup(cfg.gpus, cfg.batch_size)
     splits = Splits(cfg, par, need_train=False)
     model, _, _, state = build(cfg, genotype, splits.info, 1)

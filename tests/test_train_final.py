@@ -56,6 +56,10 @@ def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, caps
     got = float(re.search(r"Prec@1 ([\d.]+)%", printed).group(1))
     assert got == pytest.approx(_best(log), abs=1e-4)
 
+    flags = ["--name", "f", "--dataset", "digits", "--out_dir", out, "--eval_only"]
+    assert train_final.main([*flags, "--genotype", "DARTS_V2"]) == 2
+    assert "--genotype differs from the one" in capsys.readouterr().err
+
     # The same name again refuses to overwrite; --resume continues with epoch 2.
     assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2"]) == 2
     assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2", "--resume"]) == 0
