@@ -141,12 +141,16 @@ def run_eval_only(cfg: FinalConfig) -> dict:
     model, _, _, state = build(cfg, genotype, splits.info, 1)
     state, meta = ckpts.restore(parallel.put(state, par.replicated))
     ckpts.close()
-    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False), par)
-    val = splits.evaluate(eval_fn, state, cfg.batch_size)
-    print(
-        f"{directory} (epoch {meta['epoch'] + 1}): test loss {val['loss']:.4f} "
-        f"Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
+    return _report_test(
+        model, state, splits, cfg.batch_size, f"{directory} (epoch {meta['epoch'] + 1})"
     )
+
+
+def _report_test(model, state, splits: Splits, batch_size: int, label: str) -> dict:
+    """Evaluates ``state`` on the test split and prints one line headed ``label``."""
+    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False), splits.par)
+    val = splits.evaluate(eval_fn, state, batch_size)
+    print(f"{label}: test loss {val['loss']:.4f} Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}")
     return val
 
 
@@ -171,13 +175,8 @@ def _eval_torch_checkpoint(cfg: FinalConfig) -> dict:
         jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"], None, None
     )
     state = parallel.put(state, par.replicated)
-    eval_fn = make_eval_step(model, augment.make_augment(splits.info, train=False), par)
-    val = splits.evaluate(eval_fn, state, cfg.batch_size)
-    print(
-        f"{cfg.torch_checkpoint} ({cfg.torch_layout}, {model.C} channels, {model.layers} cells): "
-        f"test loss {val['loss']:.4f} Prec@1 {val['top1']:.4%} Prec@5 {val['top5']:.4%}"
-    )
-    return val
+    label = f"{cfg.torch_checkpoint} ({cfg.torch_layout}, {model.C} channels, {model.layers} cells)"
+    return _report_test(model, state, splits, cfg.batch_size, label)
 
 
 def run_final(cfg: FinalConfig) -> float:

@@ -6,24 +6,10 @@ import re
 
 import pytest
 import tensorflow_datasets as tfds
+from tiny_flags import TINY
 
 import train_final
 from darts_jax import genotypes
-
-TINY = [
-    "--init_channels",
-    "4",
-    "--layers",
-    "3",
-    "--batch_size",
-    "8",
-    "--steps_per_epoch",
-    "3",
-    "--print_freq",
-    "2",
-    "--progress",
-    "false",
-]
 
 
 def _best(log: str) -> float:

@@ -1,14 +1,11 @@
-"""Flags of the tiny search the end-to-end tests share (shared so compiles are cached)."""
+"""Flags of the tiny runs the end-to-end tests share (shared so compiles are cached)."""
 
-SEARCH_TINY = [
-    "--dataset",
-    "digits",
+# Network size, batch and epoch length both scripts take.
+TINY = [
     "--init_channels",
     "4",
     "--layers",
     "3",
-    "--n_nodes",
-    "2",
     "--batch_size",
     "8",
     "--steps_per_epoch",
@@ -18,3 +15,4 @@ SEARCH_TINY = [
     "--progress",
     "false",
 ]
+SEARCH_TINY = ["--dataset", "digits", *TINY[:4], "--n_nodes", "2", *TINY[4:]]
