@@ -64,10 +64,9 @@ def evaluate(eval_fn, state, n: int, batch_size: int, rng, fetch, par) -> dict:
     steps = -(-n // batch_size)
     padded = np.resize(np.arange(n, dtype=np.int32), steps * batch_size).reshape(steps, -1)
     mask = (np.arange(steps * batch_size) < n).reshape(steps, batch_size).astype(np.float32)
-    keys = np.asarray(jax.random.split(rng, steps))  # one device-to-host copy, not one a batch
     sums = None
     for i, (images, labels, idx) in enumerate(fetch(padded)):
-        row_mask, row_rng = parallel.put((mask[i], keys[i]), par.replicated)
+        row_mask, row_rng = parallel.put((mask[i], jax.random.fold_in(rng, i)), par.replicated)
         out = eval_fn(state, images, labels, idx, row_mask, row_rng)
         sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
     sums = parallel.to_host(sums)
