@@ -159,6 +159,28 @@ def _host_constant(value: float):
     return init
 
 
+def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over (N, H, W), per trailing feature entry."""
+    mean = x.mean(axis=(0, 1, 2))
+    return mean, jnp.square(x - mean).mean(axis=(0, 1, 2))
+
+
+def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+    return (x - mean) * lax.rsqrt(var + epsilon)
+
+
+def running_update(running, mean, var, count: int, momentum: float):
+    """PyTorch's running-statistics update: the unbiased batch variance, no gradient.
+
+    ``running`` is the (mean, var) pair; ``count`` the N*H*W values per entry.
+    """
+    unbiased = var * (count / max(count - 1, 1))
+    return (
+        momentum * running[0] + (1 - momentum) * lax.stop_gradient(mean),
+        momentum * running[1] + (1 - momentum) * lax.stop_gradient(unbiased),
+    )
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over (N, H, W) with PyTorch semantics, per trailing feature entry.
 
@@ -182,20 +204,42 @@ class BatchNorm(nn.Module):
         if self.is_initializing():
             return x  # variables declared; nothing to compute
         if train:
-            mean = x.mean(axis=(0, 1, 2))
-            var = jnp.square(x - mean).mean(axis=(0, 1, 2))
-            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
-                n = x.shape[0] * x.shape[1] * x.shape[2]
-                unbiased = var * (n / max(n - 1, 1))
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
-                ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(unbiased)
+            mean, var = batch_moments(x)
+            if self.is_mutable_collection("batch_stats"):
+                count = x.shape[0] * x.shape[1] * x.shape[2]
+                ra_mean.value, ra_var.value = running_update(
+                    (ra_mean.value, ra_var.value), mean, var, count, self.momentum
+                )
         else:
             mean, var = ra_mean.value, ra_var.value
-        y = (x - mean) * lax.rsqrt(var + self.epsilon)
+        y = normalize(x, mean, var, self.epsilon)
         if self.affine:
             y = y * scale + bias
         return y
+
+
+class RunningStats(nn.Module):
+    """The running (mean, var) of a BatchNorm whose normalisation happens elsewhere.
+
+    Same variables as ``BatchNorm`` ('batch_stats' mean and var of ``shape``), for
+    code that normalises inside a ``lax.scan`` where Flax modules cannot run.
+    Called with a batch's (mean, biased var) and ``count`` while 'batch_stats'
+    is mutable, it updates them. Returns the statistics before any update.
+    """
+
+    shape: tuple[int, ...]
+    dtype: jnp.dtype = jnp.float32
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, batch=None, count: int = 0) -> tuple[jax.Array, jax.Array]:
+        ra_mean = self.variable("batch_stats", "mean", _host_constant(0.0), self.shape, self.dtype)
+        ra_var = self.variable("batch_stats", "var", _host_constant(1.0), self.shape, self.dtype)
+        running = (ra_mean.value, ra_var.value)
+        if batch is not None and self.is_mutable_collection("batch_stats"):
+            if not self.is_initializing():
+                ra_mean.value, ra_var.value = running_update(running, *batch, count, self.momentum)
+        return running
 
 
 class StdConv(nn.Module):

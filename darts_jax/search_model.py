@@ -4,9 +4,11 @@ Every edge of a search cell is a MixedOp: the softmax(alpha)-weighted sum of
 all PRIMITIVES. To keep the XLA program small and the step fast, edges are not
 built one module each: a cell computes the edges leaving the two cell inputs
 in one batched call (``MixedEdges`` over an (M targets, S sources) edge grid),
-then for each node the edges leaving it. Parameter-free ops (pools, identity)
-of edges sharing a source are computed once per source: with affine-free BN
-their outputs are identical for all those edges, as in pt.darts.
+then the edges between its nodes in one ``lax.scan`` over source nodes
+(``NodeEdges``), so each cell is two mixed-op programs whatever its node count.
+Parameter-free ops (pools, identity) of edges sharing a source are computed
+once per source: with affine-free BN their outputs are identical for all those
+edges, as in pt.darts.
 
 Alphas: ``{'normal': (n_edges, 8), 'reduce': (n_edges, 8)}``, rows in pt.darts
 edge order (node 0's inputs, then node 1's, ...), columns in PRIMITIVES order.
@@ -27,6 +29,100 @@ from darts_jax.genotypes import PRIMITIVES, edge_offsets, num_edges
 
 _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
 
+# NodeEdges runs its scan as a loop on cells whose node states have fewer
+# elements than this, and unrolled on larger ones. A loop compiles one body
+# (the test-size second-order step compiles in 52 s instead of 77 s), but on
+# XLA:CPU the kernel gradient of a grouped convolution inside a loop body runs
+# about 9-14x slower, which at full size (64 x 32 x 32 x 16 node states)
+# would cost minutes per step; unrolled, it runs as the per-node programs did
+# (about 15% slower per cell: the padding slots).
+ROLLED_MAX_ELEMENTS = 2**16
+
+
+# Conv pair -> (dilation, runs at the cell's stride, ((parameter prefix, kernel size), ...)),
+# the 3x3 member first. Each pair runs as one 5x5 depthwise conv (see MixedEdges).
+CONV_PAIRS = {
+    "sep_convs_1": (1, True, (("sep_conv_3x3_1", 3), ("sep_conv_5x5_1", 5))),
+    "sep_convs_2": (1, False, (("sep_conv_3x3_2", 3), ("sep_conv_5x5_2", 5))),
+    "dil_convs": (2, True, (("dil_conv_3x3", 3), ("dil_conv_5x5", 5))),
+}
+
+
+def edge_param_shapes(grid: tuple[int, ...], c: int, stride: int) -> dict[str, tuple]:
+    """Parameter name -> (shape, fan_in) of the MixedOps on an edge ``grid`` of C channels."""
+    shapes = {}
+    for _, _, members in CONV_PAIRS.values():
+        for prefix, k in members:
+            shapes[f"{prefix}_dw"] = ((k, k, *grid, c), k * k)
+            shapes[f"{prefix}_pw"] = ((*grid, c, c), c)
+    if stride == 2:  # skip_connect is a FactorizedReduce per edge
+        shapes["skip_connect_fr1"] = shapes["skip_connect_fr2"] = ((*grid, c, c // 2), c)
+    return shapes
+
+
+def edge_bn_shapes(grid: tuple[int, ...], n_src: int, c: int, stride: int) -> dict[str, tuple]:
+    """BN name -> statistics shape. Pool BNs are per source state (their input is shared);
+    a conv pair's BN is one (2, *grid, C) entry, pair member first."""
+    shapes = {"max_pool_3x3_bn": (n_src, c), "avg_pool_3x3_bn": (n_src, c)}
+    shapes.update({f"{pair}_bn": (2, *grid, c) for pair in CONV_PAIRS})
+    if stride == 2:
+        shapes["skip_connect_bn"] = (*grid, c)
+    return shapes
+
+
+def mixed_edges(params, x_nhwsc: jax.Array, weights_mso: jax.Array, stride: int, norm):
+    """The weighted sum of all PRIMITIVES on an (M targets, S sources) edge grid.
+
+    ``params``: ``edge_param_shapes`` with grid (M, S); ``x_nhwsc``: (N, H, W, S, C);
+    ``weights_mso``: (M, S, n_ops); ``norm(bn_name, y)`` normalises a BN's input.
+    Returns (N, H', W', M, S, C). A pure function, so it can run inside ``lax.scan``.
+    """
+    x_relu = nn.relu(x_nhwsc)[:, :, :, None, None]  # (N, H, W, 1, 1, S, C)
+
+    def conv_pair(pair, y):
+        """Depthwise 5x5 -> pointwise -> BN for both members of a pair at once. A 3x3
+        kernel is zero-padded to 5x5: at the same dilation and 'same' padding that
+        is the same convolution, and only its real taps are parameters."""
+        dilation, strided, members = CONV_PAIRS[pair]
+        dws, pws = [], []
+        for prefix, k in members:
+            pad = (5 - k) // 2
+            dws.append(jnp.pad(params[f"{prefix}_dw"], ((pad, pad), (pad, pad)) + ((0, 0),) * 3))
+            pws.append(params[f"{prefix}_pw"])
+        dw, pw = jnp.stack(dws, axis=2), jnp.stack(pws)  # (5, 5, 2, M, S, C), (2, M, S, C, C)
+        y = ops.depthwise_conv(y, dw, stride if strided else 1, dilation)
+        return norm(f"{pair}_bn", ops.pointwise_conv(y, pw))
+
+    terms = {
+        "max_pool_3x3": norm("max_pool_3x3_bn", ops.max_pool_3x3(x_nhwsc, stride))[:, :, :, None],
+        "avg_pool_3x3": norm("avg_pool_3x3_bn", ops.avg_pool_3x3(x_nhwsc, stride))[:, :, :, None],
+    }
+    if stride == 1:
+        terms["skip_connect"] = x_nhwsc[:, :, :, None]
+    else:
+        even, odd = ops.factorized_reduce_inputs(x_relu[:, :, :, 0])
+        fr1, fr2 = params["skip_connect_fr1"], params["skip_connect_fr2"]
+        y = jnp.concatenate([ops.pointwise_conv(even, fr1), ops.pointwise_conv(odd, fr2)], -1)
+        terms["skip_connect"] = norm("skip_connect_bn", y)
+    sep = conv_pair("sep_convs_2", nn.relu(conv_pair("sep_convs_1", x_relu)))
+    dil = conv_pair("dil_convs", x_relu)
+    terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[:, :, :, 0], sep[:, :, :, 1]
+    terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[:, :, :, 0], dil[:, :, :, 1]
+    # `none` contributes exactly zero and is left out of the sum; its alpha
+    # still matters through the softmax normalisation.
+    out = None
+    for name, term in terms.items():
+        term = term * weights_mso[:, :, _OP_INDEX[name], None]
+        out = term if out is None else out + term
+    return out
+
+
+def _declare_params(module: nn.Module, shapes: dict[str, tuple]) -> dict[str, jax.Array]:
+    return {
+        name: module.param(name, ops.torch_uniform_init(fan_in), shape)
+        for name, (shape, fan_in) in shapes.items()
+    }
+
 
 class MixedEdges(nn.Module):
     """MixedOps of the edges from S source states to M target nodes, in one call.
@@ -37,11 +133,9 @@ class MixedEdges(nn.Module):
 
     The four conv ops run as three conv blocks over a leading pair axis, so XLA
     sees half the convolutions: (sep_conv_3x3, sep_conv_5x5) first halves and
-    second halves at dilation 1, (dil_conv_3x3, dil_conv_5x5) at dilation 2. A
-    3x3 kernel enters a pair zero-padded to 5x5, which at the same dilation
-    and 'same' padding is the same convolution; the weights keep their own
-    shapes (k, k, M, S, C), so only real taps are trained. The BN statistics
-    of a pair are one (2, M, S, C) entry, pair member first.
+    second halves at dilation 1, (dil_conv_3x3, dil_conv_5x5) at dilation 2.
+    Parameter-free ops (pools, identity) are computed once per source: with
+    affine-free BN their outputs are identical for all edges of a source.
     """
 
     n_targets: int
@@ -50,69 +144,133 @@ class MixedEdges(nn.Module):
     @nn.compact
     def __call__(self, x_nhwsc: jax.Array, weights_mso: jax.Array, train: bool) -> jax.Array:
         n, h, w, n_src, c = x_nhwsc.shape
-        edges = (self.n_targets, n_src)
-        stride = self.stride
-        # Declare every parameter and BN first, so that `init` can skip the compute.
-        pairs = {  # pair name -> (dilation, stride, (prefix, kernel size) per member)
-            "sep_convs_1": (1, stride, (("sep_conv_3x3_1", 3), ("sep_conv_5x5_1", 5))),
-            "sep_convs_2": (1, 1, (("sep_conv_3x3_2", 3), ("sep_conv_5x5_2", 5))),
-            "dil_convs": (2, stride, (("dil_conv_3x3", 3), ("dil_conv_5x5", 5))),
-        }
-        kernels = {}
-        for pair, (_, _, members) in pairs.items():
-            dws, pws = [], []
-            for prefix, k in members:
-                dw = self.param(f"{prefix}_dw", ops.torch_uniform_init(k * k), (k, k, *edges, c))
-                pad = (5 - k) // 2  # embed 3x3 in 5x5: same conv at the same dilation
-                dws.append(jnp.pad(dw, ((pad, pad), (pad, pad)) + ((0, 0),) * 3))
-                pws.append(self.param(f"{prefix}_pw", ops.torch_uniform_init(c), (*edges, c, c)))
-            kernels[pair] = (jnp.stack(dws, axis=2), jnp.stack(pws))  # (5,5,2,M,S,C), (2,M,S,C,C)
-        if stride == 2:  # skip_connect is a FactorizedReduce per edge
-            fr_init = ops.torch_uniform_init(c)
-            fr1 = self.param("skip_connect_fr1", fr_init, (*edges, c, c // 2))
-            fr2 = self.param("skip_connect_fr2", fr_init, (*edges, c, c // 2))
-        bn_shapes = {"max_pool_3x3_bn": (n_src, c), "avg_pool_3x3_bn": (n_src, c)}
-        bn_shapes.update({f"{pair}_bn": (2, *edges, c) for pair in pairs})
-        if stride == 2:
-            bn_shapes["skip_connect_bn"] = (*edges, c)
+        grid = (self.n_targets, n_src)
+        params = _declare_params(self, edge_param_shapes(grid, c, self.stride))
+        bn_shapes = edge_bn_shapes(grid, n_src, c, self.stride)
         bns = {b: ops.BatchNorm(name=b) for b in bn_shapes}
-        out_shape = (n, ops.out_size(h, stride), ops.out_size(w, stride), *edges, c)
         if self.is_initializing():
             for b, bn in bns.items():
                 bn(jax.ShapeDtypeStruct((1, 1, 1, *bn_shapes[b]), x_nhwsc.dtype), train)
-            return jnp.zeros(out_shape, x_nhwsc.dtype)
+            out_size = (ops.out_size(h, self.stride), ops.out_size(w, self.stride))
+            return jnp.zeros((n, *out_size, *grid, c), x_nhwsc.dtype)
+        return mixed_edges(params, x_nhwsc, weights_mso, self.stride, lambda b, y: bns[b](y, train))
 
-        def conv_pair(pair, y):
-            """Depthwise 5x5 -> pointwise -> BN for both members of a pair at once."""
-            dilation, pair_stride, _ = pairs[pair]
-            dw, pw = kernels[pair]
-            y = ops.pointwise_conv(ops.depthwise_conv(y, dw, pair_stride, dilation), pw)
-            return bns[f"{pair}_bn"](y, train)
 
-        x_relu = nn.relu(x_nhwsc)[:, :, :, None, None]  # (N, H, W, 1, 1, S, C)
-        max_pool = ops.max_pool_3x3(x_nhwsc, stride)
-        avg_pool = ops.avg_pool_3x3(x_nhwsc, stride)
-        terms = {
-            "max_pool_3x3": bns["max_pool_3x3_bn"](max_pool, train)[:, :, :, None],
-            "avg_pool_3x3": bns["avg_pool_3x3_bn"](avg_pool, train)[:, :, :, None],
+def node_edge_rows(n_nodes: int) -> dict[tuple[int, int], int]:
+    """(source node j, target node i) -> row of that edge in ``NodeEdges``'s parameters.
+
+    Rows are ordered by source, then target: the order the scan visits them.
+    """
+    pairs = [(j, i) for j in range(n_nodes - 1) for i in range(j + 1, n_nodes)]
+    return {pair: row for row, pair in enumerate(pairs)}
+
+
+def _take_steps(a: jax.Array, index_js: np.ndarray, axis: int, fill: float) -> jax.Array:
+    """Gathers edge rows of ``a`` (edge axis ``axis``) into a (J steps, M slots) grid.
+
+    Index ``a.shape[axis]`` is the padding slot, filled with ``fill``. Returns the
+    step axis first, then ``a``'s axes with the edge axis replaced by (M, 1): the
+    (M targets, S = 1 source) grid of one scan step.
+    """
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, 1)
+    padded = jnp.pad(a, widths, constant_values=fill)
+    stepped = jnp.moveaxis(jnp.take(padded, index_js, axis=axis), axis, 0)
+    return jnp.expand_dims(stepped, axis + 2)
+
+
+class NodeEdges(nn.Module):
+    """MixedOps of the edges between a cell's intermediate nodes, as one ``lax.scan``.
+
+    Step j takes node j, complete once steps < j have run, and computes its
+    edges to the M = n_nodes - 1 next nodes j+1, ..., j+M in one ``mixed_edges``
+    call. Slots past the last node are padding: zero weights, zero kernels, so
+    they add nothing. One scanned body per cell, instead of one program per
+    source node, keeps the XLA program (and its compile time) small; large
+    cells unroll it (``ROLLED_MAX_ELEMENTS``).
+
+    ``sums_nhwnc``: (N, H, W, n_nodes, C), each node's sum over the cell-input
+    edges; ``weights_edge_op``: the cell's (n_edges, n_ops) softmaxed alphas.
+    Returns the finished nodes, (N, H, W, n_nodes, C). Parameters and BN
+    statistics are stored per real edge (``node_edge_rows`` order): an edge
+    axis of size n_nodes (n_nodes - 1) / 2; pool statistics per source node.
+    """
+
+    n_nodes: int
+
+    @nn.compact
+    def __call__(self, sums_nhwnc: jax.Array, weights_edge_op: jax.Array, train: bool):
+        n_nodes, n_steps = self.n_nodes, self.n_nodes - 1
+        if n_steps == 0:
+            return sums_nhwnc
+        batch, h, w, _, c = sums_nhwnc.shape
+        rows = node_edge_rows(n_nodes)
+        n_rows, n_slots, dtype = len(rows), n_steps, sums_nhwnc.dtype
+        params = _declare_params(self, edge_param_shapes((n_rows,), c, 1))
+        stats = {
+            b: ops.RunningStats(shape, dtype, name=b)
+            for b, shape in edge_bn_shapes((n_rows,), n_steps, c, 1).items()
         }
-        if stride == 1:
-            terms["skip_connect"] = x_nhwsc[:, :, :, None]
-        else:
-            even, odd = ops.factorized_reduce_inputs(x_relu[:, :, :, 0])
-            y = jnp.concatenate([ops.pointwise_conv(even, fr1), ops.pointwise_conv(odd, fr2)], -1)
-            terms["skip_connect"] = bns["skip_connect_bn"](y, train)
-        sep = conv_pair("sep_convs_2", nn.relu(conv_pair("sep_convs_1", x_relu)))
-        dil = conv_pair("dil_convs", x_relu)
-        terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[:, :, :, 0], sep[:, :, :, 1]
-        terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[:, :, :, 0], dil[:, :, :, 1]
-        # `none` contributes exactly zero and is left out of the sum; its alpha
-        # still matters through the softmax normalisation.
-        out = None
-        for name, term in terms.items():
-            term = term * weights_mso[:, :, _OP_INDEX[name], None]
-            out = term if out is None else out + term
-        return out
+        if self.is_initializing():
+            for b in stats.values():
+                b()
+            return sums_nhwnc
+
+        # Host index tables: edge row, alpha row and scan position of each (step, slot).
+        offsets = edge_offsets(n_nodes)
+        row_js = np.full((n_steps, n_slots), n_rows)
+        alpha_js = np.full((n_steps, n_slots), weights_edge_op.shape[0])
+        position = np.zeros(n_rows, np.int32)
+        for (j, i), row in rows.items():
+            row_js[j, i - j - 1], alpha_js[j, i - j - 1] = row, offsets[i] + j + 2
+            position[row] = j * n_slots + i - j - 1
+        step_params = {
+            name: _take_steps(p, row_js, 2 if name.endswith("_dw") else 0, 0.0)
+            for name, p in params.items()
+        }
+        step_weights = _take_steps(weights_edge_op, alpha_js, 0, 0.0)  # (J, M, 1, n_ops)
+        running = {b: s() for b, s in stats.items()}
+        step_running = {}
+        if not train:
+            for b, (mean, var) in running.items():
+                if b.endswith("pool_3x3_bn"):  # per source: (J, C) -> (J, 1, C)
+                    step_running[b] = (mean[:, None], var[:, None])
+                else:  # (2, E, C) -> (J, 2, M, 1, C)
+                    step_running[b] = tuple(
+                        _take_steps(v, row_js, 1, fill) for v, fill in ((mean, 0.0), (var, 1.0))
+                    )
+
+        def step(carry, xs):
+            j, params_j, weights_j, running_j = xs
+            moments = {}
+
+            def norm(b, y):
+                if train:
+                    moments[b] = ops.batch_moments(y)
+                    return ops.normalize(y, *moments[b])
+                return ops.normalize(y, *running_j[b])
+
+            source = lax.dynamic_slice_in_dim(carry, j, 1, axis=3)  # (N, H, W, 1, C)
+            out = mixed_edges(params_j, source, weights_j, 1, norm)[:, :, :, :, 0]
+            targets = lax.dynamic_slice_in_dim(carry, j + 1, n_slots, axis=3) + out
+            return lax.dynamic_update_slice_in_dim(carry, targets, j + 1, axis=3), moments
+
+        # Room for the padding slots of the last steps: node j + M for j up to n - 2.
+        carry = jnp.pad(sums_nhwnc, ((0, 0),) * 3 + ((0, n_slots - 1), (0, 0)))
+        xs = (jnp.arange(n_steps), step_params, step_weights, step_running)
+        unroll = sums_nhwnc[:, :, :, 0].size >= ROLLED_MAX_ELEMENTS
+        carry, moments = lax.scan(step, carry, xs, unroll=n_steps if unroll else 1)
+        if train and self.is_mutable_collection("batch_stats"):
+            for b, (mean, var) in moments.items():
+                if b.endswith("pool_3x3_bn"):  # (J, 1, C) -> (J, C)
+                    mean, var = mean[:, 0], var[:, 0]
+                else:  # (J, 2, M, 1, C) -> (2, E, C) in row order
+                    mean, var = (
+                        jnp.take(jnp.moveaxis(v, 0, 1).reshape(2, -1, c), position, axis=1)
+                        for v in (mean, var)
+                    )
+                stats[b]((mean, var), batch * h * w)
+        return carry[:, :, :, :n_nodes]
 
 
 class SearchCell(nn.Module):
@@ -137,21 +295,8 @@ class SearchCell(nn.Module):
         mixed = MixedEdges(n, 2 if self.reduction else 1, name="input_edges")(
             jnp.stack([s0, s1], axis=3), weights_edge_op[rows], train
         )
-        node_sums = [mixed[:, :, :, i].sum(axis=3) for i in range(n)]
-        nodes = []
-        for j in range(n):
-            nodes.append(node_sums[j])
-            targets = list(range(j + 1, n))
-            if not targets:
-                break
-            # Edges leaving node j (state j + 2) towards every later node.
-            rows = np.array([[offsets[i] + j + 2] for i in targets])
-            mixed = MixedEdges(len(targets), 1, name=f"node{j}_edges")(
-                nodes[j][:, :, :, None], weights_edge_op[rows], train
-            )
-            for m, i in enumerate(targets):
-                node_sums[i] = node_sums[i] + mixed[:, :, :, m, 0]
-        return jnp.concatenate(nodes, axis=-1)
+        nodes = NodeEdges(n, name="node_edges")(mixed.sum(axis=4), weights_edge_op, train)
+        return nodes.reshape(*nodes.shape[:3], n * c)  # the nodes concatenated, in order
 
 
 def reduction_indices(layers: int) -> tuple[int, int]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from darts_jax import search_model
 from darts_jax.genotypes import PRIMITIVES
 from darts_jax.search_model import (
     MixedEdges,
@@ -123,3 +124,29 @@ def test_forward_shapes_and_bad_alphas():
         )
     with pytest.raises(ValueError, match="keys"):
         model.apply(variables, x, {"normal": alphas["normal"]}, train=False)
+
+
+def test_node_scan_rolled_and_unrolled_agree(monkeypatch):
+    """Small cells loop over source nodes, large ones unroll: same loss, grads, stats."""
+    model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=3)
+    alphas = jax.tree_util.tree_map(lambda a: 3 * a, init_alphas(jax.random.PRNGKey(0), 3))
+    variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
+
+    def loss(params, alphas):
+        logits, new = model.apply(
+            {**variables, "params": params}, x, alphas, train=True, mutable=["batch_stats"]
+        )
+        return jnp.square(logits).sum(), new
+
+    def run():
+        grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+        return jax.jit(grad_fn)(variables["params"], alphas)
+
+    rolled = run()
+    monkeypatch.setattr(search_model, "ROLLED_MAX_ELEMENTS", 0)
+    unrolled = run()
+    flat_r, flat_u = jax.tree_util.tree_leaves(rolled), jax.tree_util.tree_leaves(unrolled)
+    assert len(flat_r) == len(flat_u) > 10
+    for r, u in zip(flat_r, flat_u, strict=True):
+        np.testing.assert_allclose(r, u, rtol=1e-5, atol=1e-6)

@@ -23,10 +23,11 @@ Conventions (all conversions are exact: transposes, slices and copies only):
 
 - conv weights (O, I, kH, kW) <-> (kH, kW, I, O); 1x1 convs (O, I, 1, 1) <->
   (I, O); depthwise (C, 1, k, k) <-> (k, k, C); Linear (out, in) <-> (in, out).
-- Search cells: darts_jax batches the edges of a cell on an (M targets, S
-  sources) grid; pt.darts's edge ``dag.i.s`` (node i, source state s) is grid
-  entry (i, s) of ``input_edges`` when s < 2, else entry (i - s + 1, 0) of
-  ``node{s-2}_edges``. The 3x3 depthwise kernels of sep_conv_3x3 and
+- Search cells: darts_jax batches the edges from the cell inputs on an (M
+  targets, S sources) grid and stores the edges between nodes in one edge
+  axis; pt.darts's edge ``dag.i.s`` (node i, source state s) is grid entry
+  (i, s) of ``input_edges`` when s < 2, else row ``node_edge_rows(n)[s-2, i]``
+  of ``node_edges`` (pool statistics: row s - 2). The 3x3 depthwise kernels of sep_conv_3x3 and
   dil_conv_3x3 are stored at their own 3x3 size: the model zero-pads them to
   5x5 inside the forward pass only, so there is no padding ring in the
   parameters (and none that could receive gradients); nothing is embedded
@@ -81,7 +82,7 @@ from flax import traverse_util
 from darts_jax import genotypes as gt
 from darts_jax.final_model import FinalNetwork
 from darts_jax.genotypes import OFFICIAL_PRIMITIVES, PRIMITIVES, edge_offsets, num_edges
-from darts_jax.search_model import SearchNetwork, reduction_indices
+from darts_jax.search_model import SearchNetwork, node_edge_rows, reduction_indices
 
 LAYOUTS = ("ptdarts_search", "ptdarts_final", "official_search", "official_final")
 POOLS = ("max_pool_3x3", "avg_pool_3x3")
@@ -206,13 +207,15 @@ def _stem(prefix: str) -> list[Entry]:
     ]
 
 
-def _mixed_edge(ops: str, names: _Names, cell: str, node: int, src: int, stride2: bool):
+def _mixed_edge(
+    ops: str, names: _Names, cell: str, n_nodes: int, node: int, src: int, stride2: bool
+):
     """Entries of the MixedOp of edge (node, src); ``ops`` is its op-list prefix."""
     if src < 2:
-        mod, m, s = "input_edges", node, src
+        mod, grid, s = "input_edges", (node, src), src
     else:
-        mod, m, s = f"node{src - 2}_edges", node - src + 1, 0
-    p, grid = ("params", cell, mod), (m, s)
+        mod, grid, s = "node_edges", (node_edge_rows(n_nodes)[src - 2, node],), src - 2
+    p = ("params", cell, mod)
     out = []
     for k, name in enumerate(names.ops_order):
         q = f"{ops}.{k}"
@@ -260,7 +263,7 @@ def _search_entries(model: SearchNetwork, official: bool) -> list[Entry]:
         for i, o in enumerate(edge_offsets(n)):
             for s in range(i + 2):
                 ops = f"{prefix}._ops.{o + s}._ops" if official else f"{prefix}.dag.{i}.{s}._ops"
-                out += _mixed_edge(ops, names, cell, i, s, reduction and s < 2)
+                out += _mixed_edge(ops, names, cell, n, i, s, reduction and s < 2)
         reduction_prev = reduction
     head = "classifier" if official else "net.linear"
     out += [
