@@ -2,6 +2,7 @@
 
     python -m darts_jax.bench --net search --config test --order first,second
     python -m darts_jax.bench --net final --config default --torch
+    python -m darts_jax.bench --config default --order second --steps 0   # compile only
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
@@ -134,13 +135,15 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: st
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    state, metrics = compiled(state, arrays)
-    jax.block_until_ready(metrics)
-    t = time.perf_counter()
-    for _ in range(steps):
+    step_s = None
+    if steps:  # --steps 0: compile only (XLA's planned memory still tells whether it fits)
         state, metrics = compiled(state, arrays)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - t) / steps
+        jax.block_until_ready(metrics)
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, arrays)
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t) / steps
     return {
         "framework": "jax",
         "net": net,
@@ -153,14 +156,29 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: st
         "trace_s": round(trace_s, 2),
         "compile_s": round(compile_s, 2),
         "trace_compile_s": round(trace_s + compile_s, 2),
-        "step_s": round(step_s, 4),
-        "images_per_s": round(images_per_sample * shape["batch"] / step_s, 1),
+        "step_s": step_s and round(step_s, 4),
+        "images_per_s": step_s and round(images_per_sample * shape["batch"] / step_s, 1),
         "peak_mem_gb": round(_peak_memory_gb(jax), 2),
+        "planned_gb": _planned_memory_gb(compiled),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+def _planned_memory_gb(compiled) -> float | None:
+    """The device memory XLA plans for the step (arguments, outputs, temporaries)."""
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        return round((total - m.alias_size_in_bytes) / 1e9, 2)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _fmt(value, spec: str) -> str:
+    return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
 
 def _run_child(cmd: list[str], timeout: float) -> dict | str:
@@ -180,7 +198,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--order", default="first,second", help="search: comma list of first,second,fd"
     )
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed steps after one warm-up step; 0: compile only (trace + compile, planned memory)",
+    )
     parser.add_argument(
         "--n_nodes", type=int, default=4, help="search: intermediate nodes per cell"
     )
@@ -201,7 +224,7 @@ def main(argv=None) -> int:
         return 0
     print(
         f"{'framework':9} {'net':6} {'config':8} {'order':6} {'devices':>7} {'compile s':>9} "
-        f"{'s/step':>9} {'img/s':>9} {'peak GB':>8}",
+        f"{'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7}",
         flush=True,
     )
     for order, gpus in [(o, g) for o in orders for g in args.gpus.split(";")]:
@@ -209,7 +232,7 @@ def main(argv=None) -> int:
         jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
         jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
         rows = [("jax", _run_child(jax_cmd, args.timeout))]
-        if args.torch and gpus == "0":
+        if args.torch and gpus == "0" and args.steps:
             torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]
             torch_cmd += common + (["--order", order] if args.net == "search" else [])
             rows.append(("torch", _run_child(torch_cmd, args.timeout)))
@@ -223,13 +246,14 @@ def main(argv=None) -> int:
             compile_s = r.get("trace_compile_s", r.get("warmup_s", float("nan")))
             print(
                 f"{framework:9} {args.net:6} {args.config:8} {order:6} {n:>7} {compile_s:>9.1f} "
-                f"{r['step_s']:>9.4f} {r['images_per_s']:>9.1f} {r['peak_mem_gb']:>8.2f}",
+                f"{_fmt(r['step_s'], '9.4f')} {_fmt(r['images_per_s'], '9.1f')} "
+                f"{r['peak_mem_gb']:>8.2f} {_fmt(r.get('planned_gb'), '7.2f')}",
                 flush=True,
             )
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(r) + "\n")
-        if len(rows) == 2 and not any(isinstance(r, str) for _, r in rows):
+        if len(rows) == 2 and not any(isinstance(r, str) for _, r in rows) and args.steps:
             ratio = rows[0][1]["step_s"] / rows[1][1]["step_s"]
             print(f"{'':9} jax / torch step time: {ratio:.2f}", flush=True)
     return 0
