@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from darts_jax.config import UsageError
+
 
 class Checkpoints:
     """Keeps the last ``max_to_keep`` epoch checkpoints of a run under ``directory``."""
@@ -38,12 +40,23 @@ class Checkpoints:
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except ValueError as e:  # orbax: tree structures or shapes differ
+            raise UsageError(
+                f"the checkpoint of step {step} under {self.directory} does not fit this "
+                "run's state: it was written with other network settings (e.g. "
+                "--init_channels, --layers, --n_nodes) or by a darts_jax version with "
+                "another parameter layout (search cells store the edges between nodes "
+                "as 'node_edges' since 2026-11-28). Resume with the settings and version "
+                "that wrote it, or start a new run under another --name. "
+                f"orbax: {str(e).splitlines()[0][:300]}"
+            ) from e
         return restored["state"], dict(restored["meta"])
 
     def read_meta(self, step: int | None = None) -> dict:
