@@ -212,8 +212,8 @@ class NodeEdges(nn.Module):
             for b, shape in edge_bn_shapes((n_rows,), n_steps, c, 1).items()
         }
         if self.is_initializing():
-            for b in stats.values():
-                b()
+            for running_stats in stats.values():
+                running_stats()  # declares its variables
             return sums_nhwnc
 
         # Host index tables: edge row, alpha row and scan position of each (step, slot).
