@@ -48,18 +48,16 @@ class Checkpoints:
                 ),
             )
         except ValueError as e:  # orbax: the tree structures or shapes differ
-            raise self._mismatch(step, str(e).splitlines()[0][:300]) from e
+            raise UsageError(
+                f"the checkpoint of step {step} under {self.directory} does not fit this "
+                "run's state: it was written with other network settings (e.g. "
+                "--init_channels, --layers, --n_nodes) or by a darts_jax version with "
+                "another parameter layout (search cells store the edges between nodes "
+                "as 'node_edges' since 2026-11-28). Resume with the settings and version "
+                "that wrote it, or start a new run under another --name. "
+                f"orbax: {str(e).splitlines()[0][:300]}"
+            ) from e
         return restored["state"], dict(restored["meta"])
-
-    def _mismatch(self, step: int, detail: str) -> UsageError:
-        return UsageError(
-            f"the checkpoint of step {step} under {self.directory} does not fit this "
-            "run's state: it was written with other network settings (e.g. "
-            "--init_channels, --layers, --n_nodes) or by a darts_jax version with "
-            "another parameter layout (search cells store the edges between nodes "
-            "as 'node_edges' since 2026-11-28). Resume with the settings and version "
-            f"that wrote it, or start a new run under another --name. Differences: {detail}"
-        )
 
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON metadata of a checkpoint alone (e.g. to rebuild its model first)."""

@@ -237,8 +237,7 @@ class RunningStats(nn.Module):
         ra_var = self.variable("batch_stats", "var", _host_constant(1.0), self.shape, self.dtype)
         running = (ra_mean.value, ra_var.value)
         if batch is not None and self.is_mutable_collection("batch_stats"):
-            if not self.is_initializing():
-                ra_mean.value, ra_var.value = running_update(running, *batch, count, self.momentum)
+            ra_mean.value, ra_var.value = running_update(running, *batch, count, self.momentum)
         return running
 
 

@@ -229,10 +229,10 @@ class NodeEdges(nn.Module):
             for name, p in params.items()
         }
         step_weights = _take_steps(weights_edge_op, alpha_js, 0, 0.0)  # (J, M, 1, n_ops)
-        running = {b: s() for b, s in stats.items()}
-        step_running = {}
+        step_running = {}  # eval mode: each step's slice of the running statistics
         if not train:
-            for b, (mean, var) in running.items():
+            for b, running_stats in stats.items():
+                mean, var = running_stats()
                 if b.endswith("pool_3x3_bn"):  # per source: (J, C) -> (J, 1, C)
                     step_running[b] = (mean[:, None], var[:, None])
                 else:  # (2, E, C) -> (J, 2, M, 1, C)

@@ -27,10 +27,10 @@ Conventions (all conversions are exact: transposes, slices and copies only):
   targets, S sources) grid and stores the edges between nodes in one edge
   axis; pt.darts's edge ``dag.i.s`` (node i, source state s) is grid entry
   (i, s) of ``input_edges`` when s < 2, else row ``node_edge_rows(n)[s-2, i]``
-  of ``node_edges`` (pool statistics: row s - 2). The 3x3 depthwise kernels of sep_conv_3x3 and
-  dil_conv_3x3 are stored at their own 3x3 size: the model zero-pads them to
-  5x5 inside the forward pass only, so there is no padding ring in the
-  parameters (and none that could receive gradients); nothing is embedded
+  of ``node_edges`` (pool statistics: row s - 2). The 3x3 depthwise kernels
+  of sep_conv_3x3 and dil_conv_3x3 are stored at their own 3x3 size: the
+  model zero-pads them to 5x5 inside the forward pass only, so there is no
+  padding ring in the parameters (and none that could receive gradients); nothing is embedded
   or cropped here. The BN statistics of a conv pair, shape (2, M, S, C), hold
   the 3x3 member at index 0 and the 5x5 member at index 1.
 - Pool BN statistics: PyTorch keeps one affine-free BN per edge after each
