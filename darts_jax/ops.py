@@ -10,6 +10,7 @@ conv block, BatchNorm after it.
 from __future__ import annotations
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -27,50 +28,46 @@ def out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def _spatial_pad(x: jax.Array, pad: int, value: float = 0.0) -> jax.Array:
-    widths = ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (x.ndim - 3)
-    return jnp.pad(x, widths, constant_values=value)
-
-
-def _tap(xp: jax.Array, row: int, col: int, stride: int, h_out: int, w_out: int) -> jax.Array:
-    """The strided window of padded `xp` that a kernel tap at (row, col) reads."""
-    start = (0, row, col) + (0,) * (xp.ndim - 3)
-    limit = (xp.shape[0], row + stride * (h_out - 1) + 1, col + stride * (w_out - 1) + 1)
-    limit += tuple(xp.shape[3:])
-    return lax.slice(xp, start, limit, (1, stride, stride) + (1,) * (xp.ndim - 3))
-
-
-def depthwise_conv_shifted(
-    x: jax.Array, kernel: jax.Array, stride: int, dilation: int
-) -> jax.Array:
-    """``depthwise_conv`` as a sum of k*k shifted products.
-
-    On XLA:CPU this runs several times faster than the grouped convolution at
-    full size, but its k*k slices per conv make the second-order program
-    compile about 4x slower, so it is not the default (see BENCHMARKS.md).
-    """
-    k = kernel.shape[0]
-    pad = same_padding(k, dilation)
-    h_out, w_out = out_size(x.shape[1], stride), out_size(x.shape[2], stride)
-    xp = _spatial_pad(x, pad)
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = _tap(xp, i * dilation, j * dilation, stride, h_out, w_out) * kernel[i, j]
-            out = term if out is None else out + term
-    return out
+# Which formulation ``depthwise_conv`` uses: "grouped" (one grouped XLA
+# convolution: cuDNN's depthwise kernels on GPUs), "matmul" (banded matrix
+# products, see ``depthwise_conv_matmul``: 5-12x faster forward + backward on
+# XLA:CPU, whose grouped convolution is slow) or "auto" (matmul on the CPU,
+# grouped elsewhere). Overridden by the DARTS_JAX_DEPTHWISE variable.
+DEPTHWISE_IMPL = os.environ.get("DARTS_JAX_DEPTHWISE", "auto")
+_DEPTHWISE_IMPLS = ("auto", "grouped", "matmul")
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
-    """Depthwise k x k convolution with 'same' padding (one grouped XLA convolution).
+    """Depthwise k x k convolution with 'same' padding, bias-free.
 
     x: (N, H, W, *F); kernel: (k, k, *F') with F' broadcasting against F, so one
-    input can feed several edges' kernels: the feature axes are flattened into
-    the channel axis and every channel is its own group.
+    input can feed several edges' kernels. Returns (N, H', W', *broadcast(F, F')).
+    Runs as ``depthwise_conv_grouped`` or ``depthwise_conv_matmul`` (``DEPTHWISE_IMPL``).
     """
+    impl = DEPTHWISE_IMPL
+    if impl not in _DEPTHWISE_IMPLS:
+        raise ValueError(f"DARTS_JAX_DEPTHWISE={impl!r}: expected one of {_DEPTHWISE_IMPLS}")
+    if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "grouped"
+    fn = depthwise_conv_matmul if impl == "matmul" else depthwise_conv_grouped
+    return fn(x, kernel, stride, dilation)
+
+
+def _align_features(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    """x with leading size-1 feature axes added up to the kernel's, and the broadcast features."""
+    n_feat = max(x.ndim - 3, kernel.ndim - 2)
+    x = x.reshape(x.shape[:3] + (1,) * (n_feat - (x.ndim - 3)) + x.shape[3:])
+    return x, jnp.broadcast_shapes(x.shape[3:], kernel.shape[2:])
+
+
+def depthwise_conv_grouped(
+    x: jax.Array, kernel: jax.Array, stride: int, dilation: int
+) -> jax.Array:
+    """``depthwise_conv`` as one grouped XLA convolution: the feature axes are
+    flattened into the channel axis and every channel is its own group."""
     k = kernel.shape[0]
     pad = same_padding(k, dilation)
-    features = jnp.broadcast_shapes(x.shape[3:], kernel.shape[2:])
+    x, features = _align_features(x, kernel)
     x_flat = jnp.broadcast_to(x, x.shape[:3] + features).reshape(x.shape[:3] + (-1,))
     k_flat = jnp.broadcast_to(kernel, (k, k) + features).reshape(k, k, 1, -1)
     y = lax.conv_general_dilated(
@@ -83,6 +80,71 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) 
         feature_group_count=x_flat.shape[-1],
     )
     return y.reshape(y.shape[:3] + features)
+
+
+@functools.lru_cache(maxsize=128)
+def _column_taps(k: int, width: int, stride: int, dilation: int) -> np.ndarray:
+    """(k, W, W') 0/1 matrices: tap j of output column v reads input column
+    v * stride + j * dilation - pad; taps that fall into the padding are absent."""
+    pad = same_padding(k, dilation)
+    w_out = out_size(width, stride)
+    taps = np.zeros((k, width, w_out), np.float32)
+    for j in range(k):
+        for v in range(w_out):
+            w = v * stride + j * dilation - pad
+            if 0 <= w < width:
+                taps[j, w, v] = 1.0
+    return taps
+
+
+# Einsum letters of the feature axes (none of n, y, z, w, v, used below).
+_FEATURE_LETTERS = "abcdefghijklm"
+
+
+def depthwise_conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """``depthwise_conv`` as one batched matrix product per call.
+
+    Along W, a channel's k taps form a banded (W, W') matrix (stride, dilation
+    and zero padding included); the k kernel rows read k row-shifted copies of
+    the input, stacked into the contraction, so the product contracts (k, W)
+    with the channels as batch axes. XLA:CPU runs this as dense matrix products,
+    several times faster than its grouped convolution, and its gradients are
+    matrix products too. The features go first inside (channel-major), because
+    XLA:CPU's own layout for a batch-last product is much slower. An input axis
+    of size 1 that the kernel broadcasts (one input feeding many edges) stays a
+    free axis of the kernel side, so that input is never copied per edge.
+
+    The body is rematerialised in the backward pass: saving the k shifted
+    copies for the kernel gradient would cost k times the input's memory.
+    """
+    k = kernel.shape[0]
+    x, features = _align_features(x, kernel)
+    n_feat = len(features)
+    kernel = jnp.broadcast_to(kernel, (k, k) + features)
+    spread = [x_size == 1 and size > 1 for x_size, size in zip(x.shape[3:], features, strict=True)]
+    x = x.reshape(x.shape[:3] + tuple(s for s, sp in zip(features, spread, strict=True) if not sp))
+    f_all = _FEATURE_LETTERS[:n_feat]
+    f_x = "".join(f for f, sp in zip(f_all, spread, strict=True) if not sp)
+    pad = same_padding(k, dilation)
+    h_out = out_size(x.shape[1], stride)
+    taps = _column_taps(k, x.shape[2], stride, dilation)
+
+    @jax.checkpoint
+    def conv(x, kernel):
+        band = jnp.einsum(f"yj{f_all},jwv->y{f_all}wv", kernel, taps.astype(kernel.dtype))
+        x_fnhw = jnp.transpose(x, tuple(range(3, x.ndim)) + (0, 1, 2))
+        rows_axis = x_fnhw.ndim - 2
+        x_fnhw = jnp.pad(x_fnhw, ((0, 0),) * rows_axis + ((pad, pad), (0, 0)))
+        rows = [
+            lax.slice_in_dim(
+                x_fnhw, i * dilation, i * dilation + stride * (h_out - 1) + 1, stride, rows_axis
+            )
+            for i in range(k)
+        ]
+        y = jnp.einsum(f"{f_x}nyzw,y{f_all}wv->{f_all}nzv", jnp.stack(rows, rows_axis), band)
+        return jnp.transpose(y, (n_feat, n_feat + 1, n_feat + 2) + tuple(range(n_feat)))
+
+    return conv(x, kernel)
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -25,26 +25,70 @@ def _ref_depthwise(x, kernel, stride, dilation):
     return out
 
 
-@pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 1, 2)])
-def test_depthwise_conv_matches_reference(k, stride, dilation):
+DEPTHWISE_FNS = (ops.depthwise_conv_grouped, ops.depthwise_conv_matmul)
+
+
+@pytest.mark.parametrize("fn", DEPTHWISE_FNS)
+@pytest.mark.parametrize(
+    "k, stride, dilation, size",
+    [(3, 1, 1, 8), (5, 2, 1, 8), (3, 2, 2, 7), (5, 1, 2, 8), (5, 1, 2, 2)],
+)
+def test_depthwise_conv_matches_reference(fn, k, stride, dilation, size):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    x = rng.normal(size=(2, size, size + 1, 3)).astype(np.float32)
     kernel = rng.normal(size=(k, k, 3)).astype(np.float32)
     want = _ref_depthwise(x, kernel, stride, dilation)
-    for fn in (ops.depthwise_conv, ops.depthwise_conv_shifted):
-        np.testing.assert_allclose(
-            fn(jnp.asarray(x), jnp.asarray(kernel), stride, dilation), want, rtol=1e-5, atol=1e-5
-        )
+    got = fn(jnp.asarray(x), jnp.asarray(kernel), stride, dilation)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_conv_broadcasts_one_input_over_edge_kernels():
+@pytest.mark.parametrize("fn", DEPTHWISE_FNS)
+def test_depthwise_conv_broadcasts_one_input_over_edge_kernels(fn):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 8, 8, 1, 2, 3)).astype(np.float32)  # (N, H, W, 1, S, C)
     kernel = rng.normal(size=(3, 3, 4, 2, 3)).astype(np.float32)  # (k, k, M, S, C)
-    y = ops.depthwise_conv(jnp.asarray(x), jnp.asarray(kernel), 1, 1)
+    y = fn(jnp.asarray(x), jnp.asarray(kernel), 1, 1)
     assert y.shape == (2, 8, 8, 4, 2, 3)
     want = _ref_depthwise(x[:, :, :, 0, 1], kernel[:, :, 3, 1], 1, 1)
     np.testing.assert_allclose(y[:, :, :, 3, 1], want, rtol=1e-5, atol=1e-5)
+    # an input with fewer feature axes than the kernel broadcasts the same way
+    y2 = fn(jnp.asarray(x[:, :, :, 0]), jnp.asarray(kernel), 1, 1)
+    np.testing.assert_allclose(y2, y, rtol=1e-6, atol=1e-6)
+
+
+def test_depthwise_matmul_equals_grouped_to_second_order():
+    """The matmul form's first and second derivatives (the exact architect
+    differentiates through a weight gradient) equal the grouped convolution's."""
+    with jax.enable_x64():
+        rng = np.random.default_rng(2)
+        x = jnp.asarray(rng.normal(size=(2, 6, 6, 1, 2)))
+        kernel = jnp.asarray(rng.normal(size=(5, 5, 3, 2)))
+        probe = jnp.asarray(rng.normal(size=(2, 3, 3, 3, 2)))
+
+        def grad_norm(fn):
+            def loss(x, kernel):
+                return jnp.sum(jnp.sin(fn(x, kernel, 2, 2)) * probe)
+
+            def inner(x, kernel):  # the squared norm of a kernel gradient, as in the unrolled step
+                return jnp.sum(jax.grad(loss, argnums=1)(x, kernel) ** 2) + loss(x, kernel)
+
+            return jax.grad(inner, argnums=(0, 1))(x, kernel)
+
+        for got, want in zip(
+            grad_norm(ops.depthwise_conv_matmul), grad_norm(ops.depthwise_conv_grouped), strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_conv_dispatch(monkeypatch):
+    x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2))
+    monkeypatch.setattr(ops, "DEPTHWISE_IMPL", "matmul")
+    np.testing.assert_allclose(
+        ops.depthwise_conv(x, kernel, 1, 1), ops.depthwise_conv_grouped(x, kernel, 1, 1)
+    )
+    monkeypatch.setattr(ops, "DEPTHWISE_IMPL", "winograd")
+    with pytest.raises(ValueError, match="DARTS_JAX_DEPTHWISE='winograd'.*matmul"):
+        ops.depthwise_conv(x, kernel, 1, 1)
 
 
 def test_avg_pool_excludes_padding():
