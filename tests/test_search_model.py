@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from darts_jax import search_model
+from darts_jax import ops, search_model
 from darts_jax.genotypes import PRIMITIVES
 from darts_jax.search_model import (
     MixedEdges,
@@ -126,8 +126,14 @@ def test_forward_shapes_and_bad_alphas():
         model.apply(variables, x, {"normal": alphas["normal"]}, train=False)
 
 
-def test_node_scan_rolled_and_unrolled_agree(monkeypatch):
-    """Small cells loop over source nodes, large ones unroll: same loss, grads, stats."""
+@pytest.mark.parametrize(
+    "module, name, value",
+    [(search_model, "ROLLED_MAX_ELEMENTS", 0), (ops, "DEPTHWISE_IMPL", "matmul")],
+    ids=["unrolled-node-scan", "matmul-depthwise"],
+)
+def test_network_formulations_agree(monkeypatch, module, name, value):
+    """Small cells loop over source nodes, large ones unroll; small depthwise convs run
+    grouped, large ones (on the CPU) as matrix products: same loss, grads, stats."""
     model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=3)
     alphas = jax.tree_util.tree_map(lambda a: 3 * a, init_alphas(jax.random.PRNGKey(0), 3))
     variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
@@ -143,10 +149,10 @@ def test_node_scan_rolled_and_unrolled_agree(monkeypatch):
         grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
         return jax.jit(grad_fn)(variables["params"], alphas)
 
-    rolled = run()
-    monkeypatch.setattr(search_model, "ROLLED_MAX_ELEMENTS", 0)
-    unrolled = run()
-    flat_r, flat_u = jax.tree_util.tree_leaves(rolled), jax.tree_util.tree_leaves(unrolled)
+    default = run()
+    monkeypatch.setattr(module, name, value)
+    changed = run()
+    flat_r, flat_u = jax.tree_util.tree_leaves(default), jax.tree_util.tree_leaves(changed)
     assert len(flat_r) == len(flat_u) > 10
     for r, u in zip(flat_r, flat_u, strict=True):
         np.testing.assert_allclose(r, u, rtol=1e-5, atol=1e-6)
