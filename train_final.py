@@ -13,6 +13,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
     if cfg.distributed:
         initialize_distributed()  # before any computation
+    xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax.final_loop import run_final  # imports jax: after flag checks
 
     try:

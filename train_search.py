@@ -13,6 +13,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv, SearchConfig, "DARTS search with exact second-order alpha gradients")
     if cfg.distributed:
         initialize_distributed()  # before any computation
+    xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax.search_loop import run_search  # imports jax: after flag checks
 
     try:

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 _cache = os.environ.get(
     "DARTS_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "darts_jax_test_xla_cache")
 )
+os.environ["DARTS_JAX_CACHE_DIR"] = _cache  # the scripts' own cache: the same folder
 jax.config.update("jax_compilation_cache_dir", _cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
