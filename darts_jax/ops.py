@@ -37,9 +37,11 @@ def out_size(size: int, stride: int) -> int:
 # at full size (64 x 32 x 32 x 256), where the step time dominates; on tiny
 # test-size convolutions its larger program compiles slower and with more
 # memory (test config, second order: 82 s / 2.6 GB vs 67 s / 1.9 GB), where
-# the compile dominates. Overridden by the DARTS_JAX_DEPTHWISE variable.
+# the compile dominates. The threshold sits between the test configs' largest
+# convolutions (65K outputs) and the default configs' smallest (885K: the
+# final network's 8x8 cells). Overridden by the DARTS_JAX_DEPTHWISE variable.
 DEPTHWISE_IMPL = os.environ.get("DARTS_JAX_DEPTHWISE", "auto")
-MATMUL_MIN_ELEMENTS = 2**20
+MATMUL_MIN_ELEMENTS = 2**18
 _DEPTHWISE_IMPLS = ("auto", "grouped", "matmul")
 
 
