@@ -43,6 +43,7 @@ def configure(environ: MutableMapping[str, str] = os.environ) -> str:
 
 
 def default_cache_dir(environ: MutableMapping[str, str] = os.environ) -> str:
+    """``$XDG_CACHE_HOME/darts_jax/xla``, by default ``~/.cache/darts_jax/xla``."""
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "darts_jax", "xla")
 

@@ -1,4 +1,5 @@
-"""XLA flag defaults: added once, never overriding the user's, opt-out honoured."""
+"""XLA flag defaults: added once, never overriding the user's, opt-out honoured;
+the persistent compilation cache: which folder, off, and that programs land there."""
 
 import os
 import subprocess
