@@ -29,6 +29,7 @@ SEARCH_CONFIGS = {
     # name: (C, layers, batch, image size, channels)
     "test": (4, 5, 4, 16, 3),
     "default": (16, 8, 64, 32, 3),
+    "quickstart": (8, 5, 32, 8, 1),  # README's quick start on the embedded digits
 }
 FINAL_CONFIGS = {
     # The aux head needs >= 6x6 features after cell 2 * layers // 3: 32x32 input.
@@ -194,7 +195,12 @@ def _run_child(cmd: list[str], timeout: float) -> dict | str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--net", default="search", choices=("search", "final"))
-    parser.add_argument("--config", default="test", choices=("test", "default"))
+    parser.add_argument(
+        "--config",
+        default="test",
+        choices=sorted(set(SEARCH_CONFIGS) | set(FINAL_CONFIGS)),
+        help="search: test, default, quickstart (the README's digits search); final: test, default",
+    )
     parser.add_argument(
         "--order", default="first,second", help="search: comma list of first,second,fd"
     )
@@ -217,6 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    configs = SEARCH_CONFIGS if args.net == "search" else FINAL_CONFIGS
+    if args.config not in configs:
+        parser.error(f"--config {args.config} is not a {args.net} config: {', '.join(configs)}")
     orders = args.order.split(",") if args.net == "search" else ["-"]
     if args.child:
         row = _child(args.net, args.config, orders[0], args.steps, args.n_nodes, args.gpus)

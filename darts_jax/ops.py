@@ -10,7 +10,6 @@ conv block, BatchNorm after it.
 from __future__ import annotations
 
 import functools
-import math
 import os
 
 import flax.linen as nn
@@ -31,17 +30,12 @@ def out_size(size: int, stride: int) -> int:
 
 # Which formulation ``depthwise_conv`` uses: "grouped" (one grouped XLA
 # convolution: cuDNN's depthwise kernels on GPUs), "matmul" (banded matrix
-# products, see ``depthwise_conv_matmul``) or "auto": matmul on the CPU for
-# convolutions of at least MATMUL_MIN_ELEMENTS output elements, grouped
-# otherwise. On XLA:CPU the matmul form runs 5-12x faster forward + backward
-# at full size (64 x 32 x 32 x 256), where the step time dominates; on tiny
-# test-size convolutions its larger program compiles slower and with more
-# memory (test config, second order: 82 s / 2.6 GB vs 67 s / 1.9 GB), where
-# the compile dominates. The threshold sits between the test configs' largest
-# convolutions (65K outputs) and the default configs' smallest (885K: the
-# final network's 8x8 cells). Overridden by the DARTS_JAX_DEPTHWISE variable.
+# products, see ``depthwise_conv_matmul``) or "auto": matmul on the CPU,
+# grouped elsewhere. On XLA:CPU the matmul form runs 5-12x faster forward +
+# backward at full size and makes whole search steps 4-10x faster at every
+# size measured; its bigger program compiles a little slower (BENCHMARKS.md).
+# Overridden by the DARTS_JAX_DEPTHWISE variable.
 DEPTHWISE_IMPL = os.environ.get("DARTS_JAX_DEPTHWISE", "auto")
-MATMUL_MIN_ELEMENTS = 2**18
 _DEPTHWISE_IMPLS = ("auto", "grouped", "matmul")
 
 
@@ -56,10 +50,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) 
     if impl not in _DEPTHWISE_IMPLS:
         raise ValueError(f"DARTS_JAX_DEPTHWISE={impl!r}: expected one of {_DEPTHWISE_IMPLS}")
     if impl == "auto":
-        _, features = _align_features(x, kernel)
-        out_elements = x.shape[0] * out_size(x.shape[1], stride) * out_size(x.shape[2], stride)
-        large = out_elements * math.prod(features) >= MATMUL_MIN_ELEMENTS
-        impl = "matmul" if large and jax.default_backend() == "cpu" else "grouped"
+        impl = "matmul" if jax.default_backend() == "cpu" else "grouped"
     fn = depthwise_conv_matmul if impl == "matmul" else depthwise_conv_grouped
     return fn(x, kernel, stride, dilation)
 

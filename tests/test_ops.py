@@ -85,14 +85,12 @@ def test_depthwise_conv_dispatch(monkeypatch):
     for name in ("depthwise_conv_grouped", "depthwise_conv_matmul"):
         fn = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
-    x, kernel = jnp.ones((1, 4, 4, 1, 2)), jnp.ones((3, 3, 3, 2))  # 1 * 4 * 4 * 6 outputs
-    monkeypatch.setattr(ops, "MATMUL_MIN_ELEMENTS", 96)
-    ops.depthwise_conv(x, kernel, 1, 1)
-    ops.depthwise_conv(x, kernel, 2, 1)  # 1 * 2 * 2 * 6: below the threshold
-    assert calls == ["depthwise_conv_matmul", "depthwise_conv_grouped"]
-    monkeypatch.setattr(ops, "DEPTHWISE_IMPL", "matmul")
-    ops.depthwise_conv(x, kernel, 2, 1)
-    assert calls[-1] == "depthwise_conv_matmul"
+    x, kernel = jnp.ones((1, 4, 4, 1, 2)), jnp.ones((3, 3, 3, 2))
+    for impl in ("auto", "grouped", "matmul"):
+        monkeypatch.setattr(ops, "DEPTHWISE_IMPL", impl)
+        ops.depthwise_conv(x, kernel, 1, 1)
+    assert jax.default_backend() == "cpu"  # auto: matrix products on the CPU
+    assert calls == ["depthwise_conv_matmul", "depthwise_conv_grouped", "depthwise_conv_matmul"]
     monkeypatch.setattr(ops, "DEPTHWISE_IMPL", "winograd")
     with pytest.raises(ValueError, match="DARTS_JAX_DEPTHWISE='winograd'.*matmul"):
         ops.depthwise_conv(x, kernel, 1, 1)

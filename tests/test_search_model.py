@@ -128,12 +128,12 @@ def test_forward_shapes_and_bad_alphas():
 
 @pytest.mark.parametrize(
     "module, name, value",
-    [(search_model, "ROLLED_MAX_ELEMENTS", 0), (ops, "DEPTHWISE_IMPL", "matmul")],
-    ids=["unrolled-node-scan", "matmul-depthwise"],
+    [(search_model, "ROLLED_MAX_ELEMENTS", 0), (ops, "DEPTHWISE_IMPL", "grouped")],
+    ids=["unrolled-node-scan", "grouped-depthwise"],
 )
 def test_network_formulations_agree(monkeypatch, module, name, value):
-    """Small cells loop over source nodes, large ones unroll; small depthwise convs run
-    grouped, large ones (on the CPU) as matrix products: same loss, grads, stats."""
+    """Small cells loop over source nodes, large ones unroll; depthwise convs run as
+    matrix products on the CPU, grouped on GPUs: same loss, grads, stats."""
     model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=3)
     alphas = jax.tree_util.tree_map(lambda a: 3 * a, init_alphas(jax.random.PRNGKey(0), 3))
     variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
