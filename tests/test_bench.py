@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import pytest
 
 from darts_jax import bench
 
@@ -14,3 +15,10 @@ def test_planned_memory_counts_arguments_outputs_and_temporaries():
 def test_compile_only_rows_print_dashes_in_their_columns():
     assert bench._fmt(None, "9.4f") == " " * 8 + "-"
     assert bench._fmt(1.5, "9.4f") == "   1.5000"
+
+
+def test_config_must_exist_for_the_net(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--net", "final", "--config", "quickstart"])
+    assert exit_info.value.code == 2
+    assert "--config quickstart is not a final config: test, default" in capsys.readouterr().err
