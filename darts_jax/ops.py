@@ -233,6 +233,34 @@ def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, epsilon: float = 1e
     return (x - mean) * lax.rsqrt(var + epsilon)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def normalize_batch(x: jax.Array, epsilon: float = 1e-5):
+    """Training-mode BN without scale and shift: (x_hat, mean, biased var) over (N, H, W).
+
+    Same values as ``normalize(x, *batch_moments(x))``, with the closed-form
+    derivative d x_hat = (dx - mean(dx) - x_hat mean(x_hat dx)) / std as its rule.
+    Autodiff of the composite builds more reductions and elementwise terms, and
+    the exact architecture gradient differentiates that graph once more: every
+    BN of the supernet pays it. A JVP rule (not a VJP) keeps forward mode working.
+    """
+    mean, var = batch_moments(x)
+    return normalize(x, mean, var, epsilon), mean, var
+
+
+@normalize_batch.defjvp
+def _normalize_batch_jvp(epsilon, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    # Primal outputs through normalize_batch itself, so that higher derivatives
+    # of x_hat and var use this rule again.
+    x_hat, mean, var = normalize_batch(x, epsilon)
+    inv_std = lax.rsqrt(var + epsilon)
+    d_mean = dx.mean(axis=(0, 1, 2))
+    x_hat_dx = (x_hat * dx).mean(axis=(0, 1, 2))
+    d_x_hat = (dx - d_mean - x_hat * x_hat_dx) * inv_std
+    d_var = 2.0 * x_hat_dx / inv_std  # d mean((x - mean)^2) = 2 mean((x - mean) dx)
+    return (x_hat, mean, var), (d_x_hat, d_mean, d_var)
+
+
 def running_update(running, mean, var, count: int, momentum: float):
     """PyTorch's running-statistics update: the unbiased batch variance, no gradient.
 
@@ -268,15 +296,14 @@ class BatchNorm(nn.Module):
         if self.is_initializing():
             return x  # variables declared; nothing to compute
         if train:
-            mean, var = batch_moments(x)
+            y, mean, var = normalize_batch(x, self.epsilon)
             if self.is_mutable_collection("batch_stats"):
                 count = x.shape[0] * x.shape[1] * x.shape[2]
                 ra_mean.value, ra_var.value = running_update(
                     (ra_mean.value, ra_var.value), mean, var, count, self.momentum
                 )
         else:
-            mean, var = ra_mean.value, ra_var.value
-        y = normalize(x, mean, var, self.epsilon)
+            y = normalize(x, ra_mean.value, ra_var.value, self.epsilon)
         if self.affine:
             y = y * scale + bias
         return y

@@ -246,8 +246,9 @@ class NodeEdges(nn.Module):
 
             def norm(b, y):
                 if train:
-                    moments[b] = ops.batch_moments(y)
-                    return ops.normalize(y, *moments[b])
+                    y, mean, var = ops.normalize_batch(y)
+                    moments[b] = (mean, var)
+                    return y
                 return ops.normalize(y, *running_j[b])
 
             source = lax.dynamic_slice_in_dim(carry, j, 1, axis=3)  # (N, H, W, 1, C)

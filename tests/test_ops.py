@@ -132,6 +132,54 @@ def test_batch_norm_matches_torch_semantics():
     assert "params" not in ops.BatchNorm().init(jax.random.PRNGKey(0), x, train=True)
 
 
+def test_normalize_batch_closed_form_derivative_equals_autodiff_to_second_order():
+    """``normalize_batch``'s hand-written derivative rule gives the same first and
+    second derivatives (reverse and forward over reverse) as autodiff of ``normalize(x, *batch_moments(x))``, whether
+    or not the moments are used, and inside ``lax.scan`` (as in the node scan)."""
+
+    def composite(x):
+        mean, var = ops.batch_moments(x)
+        return ops.normalize(x, mean, var), mean, var
+
+    with jax.enable_x64():
+        rng = np.random.default_rng(3)
+        x = jnp.asarray(rng.normal(1.0, 2.0, size=(3, 4, 5, 2, 3)))
+        probe = jnp.asarray(rng.normal(size=x.shape))
+
+        def losses(norm):
+            def all_outputs(x):
+                y, mean, var = norm(x)
+                return jnp.sum(jnp.sin(y) * probe) + jnp.sum(mean**2) + jnp.sum(jnp.cos(var))
+
+            def y_only(x):  # moments unused: their cotangents are symbolic zeros
+                return jnp.sum(jnp.sin(norm(x)[0]) * probe)
+
+            def in_scan(x):
+                def body(carry, x_i):
+                    y = norm(x_i + carry)[0]
+                    return carry + 0.1 * y.mean(), jnp.sum(jnp.sin(y) * probe[0])
+
+                return lax.scan(body, 0.0, jnp.stack([x[:1]] * 3))[1].sum()
+
+            return all_outputs, y_only, in_scan
+
+        for custom, plain in zip(losses(ops.normalize_batch), losses(composite), strict=True):
+            np.testing.assert_allclose(custom(x), plain(x), rtol=1e-12)
+            np.testing.assert_allclose(jax.grad(custom)(x), jax.grad(plain)(x), atol=1e-12)
+
+            def second(loss):  # a function of the gradient, differentiated again
+                return jax.grad(lambda x: jnp.sum(jnp.tanh(jax.grad(loss)(x)) * probe))(x)
+
+            np.testing.assert_allclose(second(custom), second(plain), atol=1e-12)
+
+            def forward_over_reverse(loss):  # a Hessian-vector product, as tests use
+                return jax.jvp(jax.grad(loss), (x,), (probe,))[1]
+
+            np.testing.assert_allclose(
+                forward_over_reverse(custom), forward_over_reverse(plain), atol=1e-12
+            )
+
+
 def test_factorized_reduce_shapes_and_odd_size_error():
     fr = ops.FactorizedReduce(6)
     x = jnp.ones((2, 8, 8, 4))
