@@ -1,10 +1,14 @@
-"""DARTS operations as pure functions and small Flax modules (NHWC).
+"""DARTS operations as pure functions and small Flax modules.
 
-Every function here works on arrays of shape (N, H, W, *features): the trailing
-feature axes may hold several edges at once, e.g. (N, H, W, M, S, C) for the
-edges from S source states to M target nodes, so that one call computes an op
-for many edges. Ops follow pt.darts: bias-free convolutions, ReLU before each
-conv block, BatchNorm after it.
+Two layouts. NHWC, (N, H, W, *features), for the final network and the
+modules. Features first, (*features, N, H, W), for the search cells'
+mixed ops: ``features_first=True``. The feature axes may hold several edges at
+once, e.g. (M, S, C) for the edges from S source states to M target nodes, so
+that one call computes an op for many edges. Features first keeps a channel's
+(N, H, W) block contiguous: the depthwise matrix products need no transposes
+around them and BN's reductions read contiguous memory (on XLA:CPU, which does
+not choose layouts for us, that saves a copy per conv). Ops follow pt.darts:
+bias-free convolutions, ReLU before each conv block, BatchNorm after it.
 """
 
 from __future__ import annotations
@@ -39,12 +43,15 @@ DEPTHWISE_IMPL = os.environ.get("DARTS_JAX_DEPTHWISE", "auto")
 _DEPTHWISE_IMPLS = ("auto", "grouped", "matmul")
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+def depthwise_conv(
+    x: jax.Array, kernel: jax.Array, stride: int, dilation: int, features_first: bool = False
+) -> jax.Array:
     """Depthwise k x k convolution with 'same' padding, bias-free.
 
-    x: (N, H, W, *F); kernel: (k, k, *F') with F' broadcasting against F, so one
-    input can feed several edges' kernels. Returns (N, H', W', *broadcast(F, F')).
-    Runs as ``depthwise_conv_grouped`` or ``depthwise_conv_matmul`` (``DEPTHWISE_IMPL``).
+    x: (N, H, W, *F), or (*F, N, H, W) with ``features_first``; kernel: (k, k, *F')
+    with F' broadcasting against F, so one input can feed several edges' kernels.
+    Returns the broadcast features in x's layout. Runs as ``depthwise_conv_grouped``
+    or ``depthwise_conv_matmul`` (``DEPTHWISE_IMPL``).
     """
     impl = DEPTHWISE_IMPL
     if impl not in _DEPTHWISE_IMPLS:
@@ -52,36 +59,44 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) 
     if impl == "auto":
         impl = "matmul" if jax.default_backend() == "cpu" else "grouped"
     fn = depthwise_conv_matmul if impl == "matmul" else depthwise_conv_grouped
-    return fn(x, kernel, stride, dilation)
+    return fn(x, kernel, stride, dilation, features_first)
 
 
-def _align_features(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
-    """x with leading size-1 feature axes added up to the kernel's, and the broadcast features."""
+def _align_features(
+    x: jax.Array, kernel: jax.Array, features_first: bool
+) -> tuple[jax.Array, tuple[int, ...], tuple[int, ...]]:
+    """x with leading size-1 feature axes added up to the kernel's; returns it, its
+    feature shape and the broadcast feature shape."""
     n_feat = max(x.ndim - 3, kernel.ndim - 2)
-    x = x.reshape(x.shape[:3] + (1,) * (n_feat - (x.ndim - 3)) + x.shape[3:])
-    return x, jnp.broadcast_shapes(x.shape[3:], kernel.shape[2:])
+    ones = (1,) * (n_feat - (x.ndim - 3))
+    x = x.reshape(ones + x.shape if features_first else x.shape[:3] + ones + x.shape[3:])
+    x_features = x.shape[:n_feat] if features_first else x.shape[3:]
+    return x, x_features, jnp.broadcast_shapes(x_features, kernel.shape[2:])
 
 
 def depthwise_conv_grouped(
-    x: jax.Array, kernel: jax.Array, stride: int, dilation: int
+    x: jax.Array, kernel: jax.Array, stride: int, dilation: int, features_first: bool = False
 ) -> jax.Array:
     """``depthwise_conv`` as one grouped XLA convolution: the feature axes are
     flattened into the channel axis and every channel is its own group."""
     k = kernel.shape[0]
     pad = same_padding(k, dilation)
-    x, features = _align_features(x, kernel)
-    x_flat = jnp.broadcast_to(x, x.shape[:3] + features).reshape(x.shape[:3] + (-1,))
+    x, _, features = _align_features(x, kernel, features_first)
+    spatial = x.shape[len(features) :] if features_first else x.shape[:3]
+    x = jnp.broadcast_to(x, features + spatial if features_first else spatial + features)
+    x_flat = x.reshape((-1,) + spatial if features_first else spatial + (-1,))
     k_flat = jnp.broadcast_to(kernel, (k, k) + features).reshape(k, k, 1, -1)
+    layout = "CNHW" if features_first else "NHWC"
     y = lax.conv_general_dilated(
         x_flat,
         k_flat,
         window_strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=x_flat.shape[-1],
+        dimension_numbers=(layout, "HWIO", layout),
+        feature_group_count=int(np.prod(features)),
     )
-    return y.reshape(y.shape[:3] + features)
+    return y.reshape(features + y.shape[1:] if features_first else y.shape[:3] + features)
 
 
 @functools.lru_cache(maxsize=128)
@@ -103,7 +118,9 @@ def _column_taps(k: int, width: int, stride: int, dilation: int) -> np.ndarray:
 _FEATURE_LETTERS = "abcdefghijklm"
 
 
-def depthwise_conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+def depthwise_conv_matmul(
+    x: jax.Array, kernel: jax.Array, stride: int, dilation: int, features_first: bool = False
+) -> jax.Array:
     """``depthwise_conv`` as one batched matrix product per call.
 
     Along W, a channel's k taps form a banded (W, W') matrix (stride, dilation
@@ -111,30 +128,33 @@ def depthwise_conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, dilation
     the input, stacked into the contraction, so the product contracts (k, W)
     with the channels as batch axes. XLA:CPU runs this as dense matrix products,
     several times faster than its grouped convolution, and its gradients are
-    matrix products too. The features go first inside (channel-major), because
-    XLA:CPU's own layout for a batch-last product is much slower. An input axis
-    of size 1 that the kernel broadcasts (one input feeding many edges) stays a
-    free axis of the kernel side, so that input is never copied per edge.
+    matrix products too. The product runs features first (an NHWC input is
+    transposed around it), because XLA:CPU's own layout for a batch-last product
+    is much slower. An input axis of size 1 that the kernel broadcasts (one input
+    feeding many edges) stays a free axis of the kernel side, so that input is
+    never copied per edge.
 
     The body is rematerialised in the backward pass: saving the k shifted
     copies for the kernel gradient would cost k times the input's memory.
     """
     k = kernel.shape[0]
-    x, features = _align_features(x, kernel)
+    x, x_features, features = _align_features(x, kernel, features_first)
     n_feat = len(features)
     kernel = jnp.broadcast_to(kernel, (k, k) + features)
-    spread = [x_size == 1 and size > 1 for x_size, size in zip(x.shape[3:], features, strict=True)]
-    x = x.reshape(x.shape[:3] + tuple(s for s, sp in zip(features, spread, strict=True) if not sp))
+    spread = [x_size == 1 and size > 1 for x_size, size in zip(x_features, features, strict=True)]
+    kept = tuple(s for s, sp in zip(features, spread, strict=True) if not sp)
+    x = x.reshape(kept + x.shape[n_feat:] if features_first else x.shape[:3] + kept)
     f_all = _FEATURE_LETTERS[:n_feat]
     f_x = "".join(f for f, sp in zip(f_all, spread, strict=True) if not sp)
     pad = same_padding(k, dilation)
-    h_out = out_size(x.shape[1], stride)
-    taps = _column_taps(k, x.shape[2], stride, dilation)
+    height, width = x.shape[-2:] if features_first else x.shape[1:3]
+    h_out = out_size(height, stride)
+    taps = _column_taps(k, width, stride, dilation)
 
     @jax.checkpoint
     def conv(x, kernel):
         band = jnp.einsum(f"yj{f_all},jwv->y{f_all}wv", kernel, taps.astype(kernel.dtype))
-        x_fnhw = jnp.transpose(x, tuple(range(3, x.ndim)) + (0, 1, 2))
+        x_fnhw = x if features_first else jnp.transpose(x, tuple(range(3, x.ndim)) + (0, 1, 2))
         rows_axis = x_fnhw.ndim - 2
         x_fnhw = jnp.pad(x_fnhw, ((0, 0),) * rows_axis + ((pad, pad), (0, 0)))
         rows = [
@@ -144,21 +164,31 @@ def depthwise_conv_matmul(x: jax.Array, kernel: jax.Array, stride: int, dilation
             for i in range(k)
         ]
         y = jnp.einsum(f"{f_x}nyzw,y{f_all}wv->{f_all}nzv", jnp.stack(rows, rows_axis), band)
+        if features_first:
+            return y
         return jnp.transpose(y, (n_feat, n_feat + 1, n_feat + 2) + tuple(range(n_feat)))
 
     return conv(x, kernel)
 
 
-def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """1x1 convolution: contracts the last axis. kernel: (*F[:-1], C_in, C_out)."""
+def pointwise_conv(x: jax.Array, kernel: jax.Array, features_first: bool = False) -> jax.Array:
+    """1x1 convolution: contracts the channel axis. kernel: (*F[:-1], C_in, C_out)."""
+    if features_first:
+        return jnp.einsum("...cnhw,...co->...onhw", x, kernel)
     return jnp.einsum("nhw...c,...co->nhw...o", x, kernel)
 
 
-def max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
-    window = (1, 3, 3) + (1,) * (x.ndim - 3)
-    strides = (1, stride, stride) + (1,) * (x.ndim - 3)
-    padding = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (x.ndim - 3)
-    return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)
+def _pool_window(x: jax.Array, stride: int, features_first: bool):
+    """reduce_window's (window, strides, padding) for a 3x3 pool with padding 1."""
+    spatial = (x.ndim - 2, x.ndim - 1) if features_first else (1, 2)
+    window = tuple(3 if a in spatial else 1 for a in range(x.ndim))
+    strides = tuple(stride if a in spatial else 1 for a in range(x.ndim))
+    padding = tuple((1, 1) if a in spatial else (0, 0) for a in range(x.ndim))
+    return window, strides, padding
+
+
+def max_pool_3x3(x: jax.Array, stride: int, features_first: bool = False) -> jax.Array:
+    return lax.reduce_window(x, -jnp.inf, lax.max, *_pool_window(x, stride, features_first))
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,23 +206,28 @@ def _avg_pool_divisor(height: int, width: int, stride: int) -> np.ndarray:
     return np.outer(counts(height), counts(width)).astype(np.float32)
 
 
-def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
+def avg_pool_3x3(x: jax.Array, stride: int, features_first: bool = False) -> jax.Array:
     """3x3 average pool, padding 1, padding excluded from the mean."""
-    window = (1, 3, 3) + (1,) * (x.ndim - 3)
-    strides = (1, stride, stride) + (1,) * (x.ndim - 3)
-    padding = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (x.ndim - 3)
-    summed = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
-    divisor = _avg_pool_divisor(x.shape[1], x.shape[2], stride)
-    return summed / divisor.reshape(divisor.shape + (1,) * (x.ndim - 3)).astype(x.dtype)
+    summed = lax.reduce_window(x, 0.0, lax.add, *_pool_window(x, stride, features_first))
+    height, width = x.shape[-2:] if features_first else x.shape[1:3]
+    divisor = _avg_pool_divisor(height, width, stride)
+    if not features_first:
+        divisor = divisor.reshape(divisor.shape + (1,) * (x.ndim - 3))
+    return summed / divisor.astype(x.dtype)
 
 
-def factorized_reduce_inputs(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def factorized_reduce_inputs(
+    x: jax.Array, features_first: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """The two stride-2 views FactorizedReduce convolves: x[::2, ::2] and x[1::2, 1::2]."""
-    if x.shape[1] % 2 or x.shape[2] % 2:
+    height, width = x.shape[-2:] if features_first else x.shape[1:3]
+    if height % 2 or width % 2:
         raise ValueError(
-            f"FactorizedReduce needs even height and width, got {x.shape[1]}x{x.shape[2]}; "
+            f"FactorizedReduce needs even height and width, got {height}x{width}; "
             "use an input size divisible by 4 for a network with two reduction cells"
         )
+    if features_first:
+        return x[..., ::2, ::2], x[..., 1::2, 1::2]
     return x[:, ::2, ::2], x[:, 1::2, 1::2]
 
 
@@ -223,18 +258,33 @@ def _host_constant(value: float):
     return init
 
 
-def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean and biased variance over (N, H, W), per trailing feature entry."""
-    mean = x.mean(axis=(0, 1, 2))
-    return mean, jnp.square(x - mean).mean(axis=(0, 1, 2))
+def _batch_axes(features_first: bool) -> tuple[int, int, int]:
+    return (-3, -2, -1) if features_first else (0, 1, 2)
 
 
-def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+def batch_moments(x: jax.Array, features_first: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over (N, H, W), per feature entry."""
+    axes = _batch_axes(features_first)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = jnp.square(x - mean).mean(axis=axes)
+    return mean.reshape(var.shape), var
+
+
+def normalize(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    epsilon: float = 1e-5,
+    features_first: bool = False,
+) -> jax.Array:
+    """(x - mean) / sqrt(var + epsilon) with per-feature (mean, var)."""
+    if features_first:  # broadcast over the trailing (N, H, W)
+        mean, var = mean[..., None, None, None], var[..., None, None, None]
     return (x - mean) * lax.rsqrt(var + epsilon)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def normalize_batch(x: jax.Array, epsilon: float = 1e-5):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def normalize_batch(x: jax.Array, epsilon: float = 1e-5, features_first: bool = False):
     """Training-mode BN without scale and shift: (x_hat, mean, biased var) over (N, H, W).
 
     Same values as ``normalize(x, *batch_moments(x))``, with the closed-form
@@ -243,22 +293,23 @@ def normalize_batch(x: jax.Array, epsilon: float = 1e-5):
     the exact architecture gradient differentiates that graph once more: every
     BN of the supernet pays it. A JVP rule (not a VJP) keeps forward mode working.
     """
-    mean, var = batch_moments(x)
-    return normalize(x, mean, var, epsilon), mean, var
+    mean, var = batch_moments(x, features_first)
+    return normalize(x, mean, var, epsilon, features_first), mean, var
 
 
 @normalize_batch.defjvp
-def _normalize_batch_jvp(epsilon, primals, tangents):
+def _normalize_batch_jvp(epsilon, features_first, primals, tangents):
     (x,), (dx,) = primals, tangents
     # Primal outputs through normalize_batch itself, so that higher derivatives
     # of x_hat and var use this rule again.
-    x_hat, mean, var = normalize_batch(x, epsilon)
-    inv_std = lax.rsqrt(var + epsilon)
-    d_mean = dx.mean(axis=(0, 1, 2))
-    x_hat_dx = (x_hat * dx).mean(axis=(0, 1, 2))
+    x_hat, mean, var = normalize_batch(x, epsilon, features_first)
+    axes = _batch_axes(features_first)
+    d_mean = dx.mean(axis=axes, keepdims=True)
+    x_hat_dx = (x_hat * dx).mean(axis=axes, keepdims=True)
+    inv_std = lax.rsqrt(var + epsilon).reshape(d_mean.shape)
     d_x_hat = (dx - d_mean - x_hat * x_hat_dx) * inv_std
     d_var = 2.0 * x_hat_dx / inv_std  # d mean((x - mean)^2) = 2 mean((x - mean) dx)
-    return (x_hat, mean, var), (d_x_hat, d_mean, d_var)
+    return (x_hat, mean, var), (d_x_hat, d_mean.reshape(mean.shape), d_var.reshape(var.shape))
 
 
 def running_update(running, mean, var, count: int, momentum: float):

@@ -1,4 +1,7 @@
-"""The DARTS search network (supernet), NHWC, with alphas as a separate argument.
+"""The DARTS search network (supernet), with alphas as a separate argument.
+
+Input and cell outputs are NHWC; inside a cell the mixed ops run features first,
+(*features, N, H, W) (see ``ops``).
 
 Every edge of a search cell is a MixedOp: the softmax(alpha)-weighted sum of
 all PRIMITIVES. To keep the XLA program small and the step fast, edges are not
@@ -70,14 +73,15 @@ def edge_bn_shapes(grid: tuple[int, ...], n_src: int, c: int, stride: int) -> di
     return shapes
 
 
-def mixed_edges(params, x_nhwsc: jax.Array, weights_mso: jax.Array, stride: int, norm):
+def mixed_edges(params, x_scnhw: jax.Array, weights_mso: jax.Array, stride: int, norm):
     """The weighted sum of all PRIMITIVES on an (M targets, S sources) edge grid.
 
-    ``params``: ``edge_param_shapes`` with grid (M, S); ``x_nhwsc``: (N, H, W, S, C);
-    ``weights_mso``: (M, S, n_ops); ``norm(bn_name, y)`` normalises a BN's input.
-    Returns (N, H', W', M, S, C). A pure function, so it can run inside ``lax.scan``.
+    Features first (see ``ops``): ``x_scnhw``: (S, C, N, H, W); ``params``:
+    ``edge_param_shapes`` with grid (M, S); ``weights_mso``: (M, S, n_ops);
+    ``norm(bn_name, y)`` normalises a BN's input. Returns (M, S, C, N, H', W').
+    A pure function, so it can run inside ``lax.scan``.
     """
-    x_relu = nn.relu(x_nhwsc)[:, :, :, None, None]  # (N, H, W, 1, 1, S, C)
+    x_relu = nn.relu(x_scnhw)[None, None]  # (1 pair member, 1 target, S, C, N, H, W)
 
     def conv_pair(pair, y):
         """Depthwise 5x5 -> pointwise -> BN for both members of a pair at once. A 3x3
@@ -90,31 +94,47 @@ def mixed_edges(params, x_nhwsc: jax.Array, weights_mso: jax.Array, stride: int,
             dws.append(jnp.pad(params[f"{prefix}_dw"], ((pad, pad), (pad, pad)) + ((0, 0),) * 3))
             pws.append(params[f"{prefix}_pw"])
         dw, pw = jnp.stack(dws, axis=2), jnp.stack(pws)  # (5, 5, 2, M, S, C), (2, M, S, C, C)
-        y = ops.depthwise_conv(y, dw, stride if strided else 1, dilation)
-        return norm(f"{pair}_bn", ops.pointwise_conv(y, pw))
+        y = ops.depthwise_conv(y, dw, stride if strided else 1, dilation, features_first=True)
+        return norm(f"{pair}_bn", ops.pointwise_conv(y, pw, features_first=True))
 
     terms = {
-        "max_pool_3x3": norm("max_pool_3x3_bn", ops.max_pool_3x3(x_nhwsc, stride))[:, :, :, None],
-        "avg_pool_3x3": norm("avg_pool_3x3_bn", ops.avg_pool_3x3(x_nhwsc, stride))[:, :, :, None],
+        "max_pool_3x3": norm("max_pool_3x3_bn", ops.max_pool_3x3(x_scnhw, stride, True))[None],
+        "avg_pool_3x3": norm("avg_pool_3x3_bn", ops.avg_pool_3x3(x_scnhw, stride, True))[None],
     }
     if stride == 1:
-        terms["skip_connect"] = x_nhwsc[:, :, :, None]
+        terms["skip_connect"] = x_scnhw[None]
     else:
-        even, odd = ops.factorized_reduce_inputs(x_relu[:, :, :, 0])
+        even, odd = ops.factorized_reduce_inputs(x_relu[0], features_first=True)
         fr1, fr2 = params["skip_connect_fr1"], params["skip_connect_fr2"]
-        y = jnp.concatenate([ops.pointwise_conv(even, fr1), ops.pointwise_conv(odd, fr2)], -1)
+        y = jnp.concatenate(
+            [ops.pointwise_conv(even, fr1, True), ops.pointwise_conv(odd, fr2, True)], axis=-4
+        )
         terms["skip_connect"] = norm("skip_connect_bn", y)
     sep = conv_pair("sep_convs_2", nn.relu(conv_pair("sep_convs_1", x_relu)))
     dil = conv_pair("dil_convs", x_relu)
-    terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[:, :, :, 0], sep[:, :, :, 1]
-    terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[:, :, :, 0], dil[:, :, :, 1]
+    terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[0], sep[1]
+    terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[0], dil[1]
     # `none` contributes exactly zero and is left out of the sum; its alpha
     # still matters through the softmax normalisation.
     out = None
     for name, term in terms.items():
-        term = term * weights_mso[:, :, _OP_INDEX[name], None]
+        term = term * weights_mso[:, :, _OP_INDEX[name], None, None, None, None]
         out = term if out is None else out + term
     return out
+
+
+def batch_norm_fn(train: bool, running, record):
+    """``norm(bn_name, y)`` for ``mixed_edges``, features first. Training: batch
+    statistics, passed to ``record(bn_name, mean, var)``; else ``running(bn_name)``."""
+
+    def norm(name, y):
+        if train:
+            y, mean, var = ops.normalize_batch(y, 1e-5, True)
+            record(name, mean, var)
+            return y
+        return ops.normalize(y, *running(name), features_first=True)
+
+    return norm
 
 
 def _declare_params(module: nn.Module, shapes: dict[str, tuple]) -> dict[str, jax.Array]:
@@ -127,9 +147,9 @@ def _declare_params(module: nn.Module, shapes: dict[str, tuple]) -> dict[str, ja
 class MixedEdges(nn.Module):
     """MixedOps of the edges from S source states to M target nodes, in one call.
 
-    ``x_nhwsc``: (N, H, W, S, C) source states; ``weights_mso``: (M, S, n_ops)
-    softmaxed alphas. Returns (N, H', W', M, S, C), the mixed output per edge.
-    Parameters carry a leading (M, S) edge grid.
+    ``x_scnhw``: (S, C, N, H, W) source states, features first; ``weights_mso``:
+    (M, S, n_ops) softmaxed alphas. Returns (M, S, C, N, H', W'), the mixed output
+    per edge. Parameters carry a leading (M, S) edge grid.
 
     The four conv ops run as three conv blocks over a leading pair axis, so XLA
     sees half the convolutions: (sep_conv_3x3, sep_conv_5x5) first halves and
@@ -142,18 +162,28 @@ class MixedEdges(nn.Module):
     stride: int
 
     @nn.compact
-    def __call__(self, x_nhwsc: jax.Array, weights_mso: jax.Array, train: bool) -> jax.Array:
-        n, h, w, n_src, c = x_nhwsc.shape
+    def __call__(self, x_scnhw: jax.Array, weights_mso: jax.Array, train: bool) -> jax.Array:
+        n_src, c, n, h, w = x_scnhw.shape
         grid = (self.n_targets, n_src)
         params = _declare_params(self, edge_param_shapes(grid, c, self.stride))
-        bn_shapes = edge_bn_shapes(grid, n_src, c, self.stride)
-        bns = {b: ops.BatchNorm(name=b) for b in bn_shapes}
+        stats = {
+            b: ops.RunningStats(shape, x_scnhw.dtype, name=b)
+            for b, shape in edge_bn_shapes(grid, n_src, c, self.stride).items()
+        }
         if self.is_initializing():
-            for b, bn in bns.items():
-                bn(jax.ShapeDtypeStruct((1, 1, 1, *bn_shapes[b]), x_nhwsc.dtype), train)
+            for running_stats in stats.values():
+                running_stats()  # declares its variables
             out_size = (ops.out_size(h, self.stride), ops.out_size(w, self.stride))
-            return jnp.zeros((n, *out_size, *grid, c), x_nhwsc.dtype)
-        return mixed_edges(params, x_nhwsc, weights_mso, self.stride, lambda b, y: bns[b](y, train))
+            return jnp.zeros((*grid, c, n, *out_size), x_scnhw.dtype)
+        count = n * ops.out_size(h, self.stride) * ops.out_size(w, self.stride)
+        update = train and self.is_mutable_collection("batch_stats")
+
+        def record(name, mean, var):
+            if update:
+                stats[name]((mean, var), count)
+
+        norm = batch_norm_fn(train, lambda name: stats[name](), record)
+        return mixed_edges(params, x_scnhw, weights_mso, self.stride, norm)
 
 
 def node_edge_rows(n_nodes: int) -> dict[tuple[int, int], int]:
@@ -189,9 +219,9 @@ class NodeEdges(nn.Module):
     source node, keeps the XLA program (and its compile time) small; large
     cells unroll it (``ROLLED_MAX_ELEMENTS``).
 
-    ``sums_nhwnc``: (N, H, W, n_nodes, C), each node's sum over the cell-input
-    edges; ``weights_edge_op``: the cell's (n_edges, n_ops) softmaxed alphas.
-    Returns the finished nodes, (N, H, W, n_nodes, C). Parameters and BN
+    ``sums_ncnhw``: (n_nodes, C, N, H, W), each node's sum over the cell-input
+    edges, features first; ``weights_edge_op``: the cell's (n_edges, n_ops)
+    softmaxed alphas. Returns the finished nodes, (n_nodes, C, N, H, W). Parameters and BN
     statistics are stored per real edge (``node_edge_rows`` order): an edge
     axis of size n_nodes (n_nodes - 1) / 2; pool statistics per source node.
     """
@@ -199,13 +229,13 @@ class NodeEdges(nn.Module):
     n_nodes: int
 
     @nn.compact
-    def __call__(self, sums_nhwnc: jax.Array, weights_edge_op: jax.Array, train: bool):
+    def __call__(self, sums_ncnhw: jax.Array, weights_edge_op: jax.Array, train: bool):
         n_nodes, n_steps = self.n_nodes, self.n_nodes - 1
         if n_steps == 0:
-            return sums_nhwnc
-        batch, h, w, _, c = sums_nhwnc.shape
+            return sums_ncnhw
+        _, c, batch, h, w = sums_ncnhw.shape
         rows = node_edge_rows(n_nodes)
-        n_rows, n_slots, dtype = len(rows), n_steps, sums_nhwnc.dtype
+        n_rows, n_slots, dtype = len(rows), n_steps, sums_ncnhw.dtype
         params = _declare_params(self, edge_param_shapes((n_rows,), c, 1))
         stats = {
             b: ops.RunningStats(shape, dtype, name=b)
@@ -214,7 +244,7 @@ class NodeEdges(nn.Module):
         if self.is_initializing():
             for running_stats in stats.values():
                 running_stats()  # declares its variables
-            return sums_nhwnc
+            return sums_ncnhw
 
         # Host index tables: edge row, alpha row and scan position of each (step, slot).
         offsets = edge_offsets(n_nodes)
@@ -243,23 +273,18 @@ class NodeEdges(nn.Module):
         def step(carry, xs):
             j, params_j, weights_j, running_j = xs
             moments = {}
-
-            def norm(b, y):
-                if train:
-                    y, mean, var = ops.normalize_batch(y)
-                    moments[b] = (mean, var)
-                    return y
-                return ops.normalize(y, *running_j[b])
-
-            source = lax.dynamic_slice_in_dim(carry, j, 1, axis=3)  # (N, H, W, 1, C)
-            out = mixed_edges(params_j, source, weights_j, 1, norm)[:, :, :, :, 0]
-            targets = lax.dynamic_slice_in_dim(carry, j + 1, n_slots, axis=3) + out
-            return lax.dynamic_update_slice_in_dim(carry, targets, j + 1, axis=3), moments
+            norm = batch_norm_fn(
+                train, running_j.__getitem__, lambda b, mean, var: moments.update({b: (mean, var)})
+            )
+            source = lax.dynamic_slice_in_dim(carry, j, 1, axis=0)  # (1, C, N, H, W)
+            out = mixed_edges(params_j, source, weights_j, 1, norm)[:, 0]
+            targets = lax.dynamic_slice_in_dim(carry, j + 1, n_slots, axis=0) + out
+            return lax.dynamic_update_slice_in_dim(carry, targets, j + 1, axis=0), moments
 
         # Room for the padding slots of the last steps: node j + M for j up to n - 2.
-        carry = jnp.pad(sums_nhwnc, ((0, 0),) * 3 + ((0, n_slots - 1), (0, 0)))
+        carry = jnp.pad(sums_ncnhw, ((0, n_slots - 1),) + ((0, 0),) * 4)
         xs = (jnp.arange(n_steps), step_params, step_weights, step_running)
-        unroll = sums_nhwnc[:, :, :, 0].size >= ROLLED_MAX_ELEMENTS
+        unroll = sums_ncnhw[0].size >= ROLLED_MAX_ELEMENTS
         carry, moments = lax.scan(step, carry, xs, unroll=n_steps if unroll else 1)
         if train and self.is_mutable_collection("batch_stats"):
             for b, (mean, var) in moments.items():
@@ -271,7 +296,7 @@ class NodeEdges(nn.Module):
                         for v in (mean, var)
                     )
                 stats[b]((mean, var), batch * h * w)
-        return carry[:, :, :, :n_nodes]
+        return carry[:n_nodes]
 
 
 class SearchCell(nn.Module):
@@ -293,11 +318,15 @@ class SearchCell(nn.Module):
         offsets = edge_offsets(n)
         # Edges from the two cell inputs, to every node: rows offset(i) + s.
         rows = np.array([[offsets[i] + s for s in range(2)] for i in range(n)])
+        # The cell's mixed ops run features first (see ``ops``): one transpose in,
+        # one out, instead of a copy around every depthwise product.
+        inputs_scnhw = jnp.transpose(jnp.stack([s0, s1]), (0, 4, 1, 2, 3))
         mixed = MixedEdges(n, 2 if self.reduction else 1, name="input_edges")(
-            jnp.stack([s0, s1], axis=3), weights_edge_op[rows], train
+            inputs_scnhw, weights_edge_op[rows], train
         )
-        nodes = NodeEdges(n, name="node_edges")(mixed.sum(axis=4), weights_edge_op, train)
-        return nodes.reshape(*nodes.shape[:3], n * c)  # the nodes concatenated, in order
+        nodes = NodeEdges(n, name="node_edges")(mixed.sum(axis=1), weights_edge_op, train)
+        # (n, C, N, H, W) -> (N, H, W, n * C): the nodes concatenated, in order
+        return jnp.transpose(nodes, (2, 3, 4, 0, 1)).reshape(*nodes.shape[2:], n * c)
 
 
 def reduction_indices(layers: int) -> tuple[int, int]:
@@ -374,8 +403,8 @@ def init_alphas(rng: jax.Array, n_nodes: int = 4, dtype=jnp.float32) -> dict[str
 
 
 def init_variables(model: SearchNetwork, rng: jax.Array, input_shape, alphas) -> dict:
-    """Builds the variables eagerly, without compiling a forward pass: MixedEdges and
-    BatchNorm skip their compute while initialising and weights are drawn on the host."""
+    """Builds the variables eagerly, without compiling a forward pass: the edge modules
+    and BatchNorm skip their compute while initialising and weights are drawn on the host."""
     x = jnp.zeros((2, *input_shape[1:]), jnp.float32)
     return model.init(rng, x, alphas, train=True)
 

@@ -90,16 +90,20 @@ def _expected(op, p, x, stride):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_with_one_hot_weights_equals_that_op(stride):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1, 4))
+    x_nhwc = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    x_scnhw = jnp.transpose(x_nhwc, (3, 0, 1, 2))[None]  # one source, features first
     mixed = MixedEdges(n_targets=1, stride=stride)
     weights = jnp.zeros((1, 1, len(PRIMITIVES)))
-    variables = mixed.init(jax.random.PRNGKey(1), x, weights, train=True)
-    apply = jax.jit(lambda w: mixed.apply(variables, x, w, train=True, mutable=["batch_stats"])[0])
+    variables = mixed.init(jax.random.PRNGKey(1), x_scnhw, weights, train=True)
+    apply = jax.jit(
+        lambda w: mixed.apply(variables, x_scnhw, w, train=True, mutable=["batch_stats"])[0]
+    )
     for j, op in enumerate(PRIMITIVES):
         out = apply(jax.nn.one_hot(j, len(PRIMITIVES))[None, None])
-        want = _expected(op, variables["params"], x[:, :, :, 0], stride)
-        assert out.shape == (2, 8 // stride, 8 // stride, 1, 1, 4), op
-        np.testing.assert_allclose(out[:, :, :, 0, 0], want, rtol=2e-4, atol=2e-5, err_msg=op)
+        want = _expected(op, variables["params"], x_nhwc, stride)
+        assert out.shape == (1, 1, 4, 2, 8 // stride, 8 // stride), op
+        got_nhwc = jnp.transpose(out[0, 0], (1, 2, 3, 0))
+        np.testing.assert_allclose(got_nhwc, want, rtol=2e-4, atol=2e-5, err_msg=op)
 
 
 def test_parameter_count_matches_pt_darts_at_default_config():
