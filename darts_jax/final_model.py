@@ -1,4 +1,7 @@
-"""The final (augment) network built from a genotype, NHWC, as pt.darts's AugmentCNN.
+"""The final (augment) network built from a genotype, as pt.darts's AugmentCNN.
+
+The input is NHWC; after the stem, states and ops run features first,
+(C, N, H, W) (see ``ops``); the auxiliary head runs NHWC.
 
 Every BN is affine. Pooling ops keep pt.darts's affine BN after the pool (the
 official code has none there). Drop path applies to every op but identity,
@@ -21,7 +24,8 @@ from darts_jax.search_model import Stem, classifier, reduction_indices
 
 
 class DilConv(nn.Module):
-    """ReLU, depthwise k x k (stride, dilation), pointwise to ``features``, affine BN."""
+    """ReLU, depthwise k x k (stride, dilation), pointwise to ``features``, affine BN.
+    (C, N, H, W) in and out, as every op of the final cells."""
 
     features: int
     kernel_size: int
@@ -30,11 +34,12 @@ class DilConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        c, k = x.shape[-1], self.kernel_size
+        c, k = x.shape[0], self.kernel_size
         dw = self.param("dw", ops.torch_uniform_init(k * k), (k, k, c))
         pw = self.param("pw", ops.torch_uniform_init(c), (c, self.features))
-        y = ops.depthwise_conv(nn.relu(x), dw, self.stride, self.dilation)
-        return ops.BatchNorm(affine=True, name="bn")(ops.pointwise_conv(y, pw), train)
+        y = ops.depthwise_conv(nn.relu(x), dw, self.stride, self.dilation, features_first=True)
+        y = ops.pointwise_conv(y, pw, features_first=True)
+        return ops.BatchNorm(affine=True, features_first=True, name="bn")(y, train)
 
 
 class SepConv(nn.Module):
@@ -47,7 +52,7 @@ class SepConv(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         k = self.kernel_size
-        x = DilConv(x.shape[-1], k, self.stride, 1, name="conv1")(x, train)
+        x = DilConv(x.shape[0], k, self.stride, 1, name="conv1")(x, train)
         return DilConv(self.features, k, 1, 1, name="conv2")(x, train)
 
 
@@ -62,8 +67,10 @@ class PoolBN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         pool = ops.max_pool_3x3 if self.kind == "max" else ops.avg_pool_3x3
-        y = pool(x, self.stride)
-        return ops.BatchNorm(affine=True, name="bn")(y, train) if self.bn else y
+        y = pool(x, self.stride, features_first=True)
+        if not self.bn:
+            return y
+        return ops.BatchNorm(affine=True, features_first=True, name="bn")(y, train)
 
 
 def make_op(
@@ -75,7 +82,9 @@ def make_op(
     if name == "avg_pool_3x3":
         return PoolBN("avg", stride, pool_bn, name=op_name)
     if name == "skip_connect":
-        return None if stride == 1 else ops.FactorizedReduce(features, True, name=op_name)
+        if stride == 1:
+            return None
+        return ops.FactorizedReduce(features, True, features_first=True, name=op_name)
     if name in ("sep_conv_3x3", "sep_conv_5x5"):
         return SepConv(features, int(name[-1]), stride, name=op_name)
     if name in ("dil_conv_3x3", "dil_conv_5x5"):
@@ -83,15 +92,21 @@ def make_op(
     raise ValueError(f"no module for op {name!r}")
 
 
-def drop_path(x: jax.Array, drop_prob: jax.Array, rng: jax.Array) -> jax.Array:
-    """Zeroes whole samples with probability ``drop_prob``, scales the rest by 1 / keep."""
+def drop_path(x: jax.Array, drop_prob: jax.Array, rng: jax.Array, batch_axis: int = 0) -> jax.Array:
+    """Zeroes whole samples with probability ``drop_prob``, scales the rest by 1 / keep.
+
+    ``batch_axis``: the sample axis of x (1 for (C, N, H, W)); the mask draws are
+    the same whichever it is."""
     keep = 1.0 - drop_prob
-    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    shape = [1] * x.ndim
+    shape[batch_axis] = x.shape[batch_axis]
+    mask = jax.random.bernoulli(rng, keep, tuple(shape))
     return jnp.where(mask, x / keep, 0.0)
 
 
 class FinalCell(nn.Module):
-    """A cell of the final network: preprocess both inputs, then the genotype's DAG."""
+    """A cell of the final network: preprocess both inputs, then the genotype's DAG.
+    States are (C, N, H, W)."""
 
     nodes: tuple  # ((op, input), ...) per node
     concat: tuple
@@ -104,10 +119,10 @@ class FinalCell(nn.Module):
     def __call__(self, s0, s1, train: bool, drop_prob):
         c = self.features
         if self.reduction_prev:
-            s0 = ops.FactorizedReduce(c, True, name="preproc0")(s0, train)
+            s0 = ops.FactorizedReduce(c, True, features_first=True, name="preproc0")(s0, train)
         else:
-            s0 = ops.StdConv(c, True, name="preproc0")(s0, train)
-        s1 = ops.StdConv(c, True, name="preproc1")(s1, train)
+            s0 = ops.StdConv(c, True, features_first=True, name="preproc0")(s0, train)
+        s1 = ops.StdConv(c, True, features_first=True, name="preproc1")(s1, train)
         states = [s0, s1]
         for i, edges in enumerate(self.nodes):
             total = None
@@ -115,7 +130,9 @@ class FinalCell(nn.Module):
                 stride = 2 if self.reduction and j < 2 else 1
                 x = states[j]
                 if name == "none":
-                    total = total if total is not None else jnp.zeros_like(x[:, ::stride, ::stride])
+                    total = (
+                        total if total is not None else jnp.zeros_like(x[..., ::stride, ::stride])
+                    )
                     continue
                 op = make_op(name, c, stride, f"node{i}_edge{e}", self.pool_bn)
                 if op is None:
@@ -124,11 +141,13 @@ class FinalCell(nn.Module):
                     y = op(x, train)
                     if train:
                         y = jnp.where(
-                            drop_prob > 0, drop_path(y, drop_prob, self.make_rng("drop_path")), y
+                            drop_prob > 0,
+                            drop_path(y, drop_prob, self.make_rng("drop_path"), batch_axis=1),
+                            y,
                         )
                 total = y if total is None else total + y
             states.append(total)
-        return jnp.concatenate([states[k] for k in self.concat], axis=-1)
+        return jnp.concatenate([states[k] for k in self.concat], axis=0)
 
 
 class AuxiliaryHead(nn.Module):
@@ -144,6 +163,7 @@ class AuxiliaryHead(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
+        """x: NHWC."""
         size = x.shape[1]
         smallest = 7 if self.imagenet else 6
         if size < smallest:
@@ -208,6 +228,8 @@ class FinalNetwork(nn.Module):
         else:
             s0 = s1 = Stem(self.stem_multiplier * self.C, name="stem")(x_nhwc, train)
             reduction_prev = False
+        # Cells run features first (see ``ops``): states are (C, N, H, W).
+        s0, s1 = (jnp.transpose(s, (3, 0, 1, 2)) for s in (s0, s1))
         c, aux_logits = self.C, None
         aux_pos = 2 * self.layers // 3
         for i in range(self.layers):
@@ -229,9 +251,9 @@ class FinalNetwork(nn.Module):
             reduction_prev = reduction
             if i == aux_pos and self.auxiliary and (train or self.is_initializing()):
                 aux_logits = AuxiliaryHead(self.num_classes, self.imagenet, name="aux_head")(
-                    s1, train
+                    jnp.transpose(s1, (1, 2, 3, 0)), train
                 )
-        features = s1.mean(axis=(1, 2))
+        features = s1.mean(axis=(2, 3)).T  # (N, C)
         logits = classifier(features.shape[-1], self.num_classes)(features)
         if self.auxiliary and train:
             return logits, aux_logits

@@ -14,6 +14,7 @@ bias-free convolutions, ReLU before each conv block, BatchNorm after it.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import flax.linen as nn
@@ -325,20 +326,23 @@ def running_update(running, mean, var, count: int, momentum: float):
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm over (N, H, W) with PyTorch semantics, per trailing feature entry.
+    """BatchNorm over (N, H, W) with PyTorch semantics, per feature entry.
 
     Normalises with the biased batch variance, keeps running statistics with the
     unbiased one (as torch.nn.BatchNorm2d does), momentum in Flax terms.
     Running statistics update only when 'batch_stats' is mutable.
+    ``features_first``: x is (*F, N, H, W) instead of (N, H, W, *F).
     """
 
     affine: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
+    features_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        feature_shape = x.shape[3:]
+        ff = self.features_first
+        feature_shape = x.shape[:-3] if ff else x.shape[3:]
         ra_mean = self.variable("batch_stats", "mean", _host_constant(0.0), feature_shape, x.dtype)
         ra_var = self.variable("batch_stats", "var", _host_constant(1.0), feature_shape, x.dtype)
         if self.affine:
@@ -347,15 +351,17 @@ class BatchNorm(nn.Module):
         if self.is_initializing():
             return x  # variables declared; nothing to compute
         if train:
-            y, mean, var = normalize_batch(x, self.epsilon)
+            y, mean, var = normalize_batch(x, self.epsilon, ff)
             if self.is_mutable_collection("batch_stats"):
-                count = x.shape[0] * x.shape[1] * x.shape[2]
+                count = math.prod(x.shape[-3:] if ff else x.shape[:3])
                 ra_mean.value, ra_var.value = running_update(
                     (ra_mean.value, ra_var.value), mean, var, count, self.momentum
                 )
         else:
-            y = normalize(x, ra_mean.value, ra_var.value, self.epsilon)
+            y = normalize(x, ra_mean.value, ra_var.value, self.epsilon, ff)
         if self.affine:
+            if ff:
+                scale, bias = scale[..., None, None, None], bias[..., None, None, None]
             y = y * scale + bias
         return y
 
@@ -384,32 +390,40 @@ class RunningStats(nn.Module):
 
 
 class StdConv(nn.Module):
-    """ReLU, 1x1 conv, BN."""
+    """ReLU, 1x1 conv, BN. ``features_first``: (C, N, H, W) in and out, else NHWC."""
 
     features: int
     affine: bool = False
+    features_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c_in = x.shape[-1]
+        ff = self.features_first
+        c_in = x.shape[0] if ff else x.shape[-1]
         kernel = self.param("kernel", torch_uniform_init(c_in), (c_in, self.features))
-        return BatchNorm(self.affine, name="bn")(pointwise_conv(nn.relu(x), kernel), train)
+        y = pointwise_conv(nn.relu(x), kernel, ff)
+        return BatchNorm(self.affine, features_first=ff, name="bn")(y, train)
 
 
 class FactorizedReduce(nn.Module):
-    """ReLU, two 1x1 stride-2 convs (the second shifted by one pixel), concat, BN."""
+    """ReLU, two 1x1 stride-2 convs (the second shifted by one pixel), concat, BN.
+    ``features_first``: (C, N, H, W) in and out, else NHWC."""
 
     features: int
     affine: bool = False
+    features_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.features % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
-        c_in = x.shape[-1]
+        ff = self.features_first
+        c_in = x.shape[0] if ff else x.shape[-1]
         init = torch_uniform_init(c_in)
         k1 = self.param("kernel1", init, (c_in, self.features // 2))
         k2 = self.param("kernel2", init, (c_in, self.features // 2))
-        even, odd = factorized_reduce_inputs(nn.relu(x))
-        y = jnp.concatenate([pointwise_conv(even, k1), pointwise_conv(odd, k2)], axis=-1)
-        return BatchNorm(self.affine, name="bn")(y, train)
+        even, odd = factorized_reduce_inputs(nn.relu(x), ff)
+        y = jnp.concatenate(
+            [pointwise_conv(even, k1, ff), pointwise_conv(odd, k2, ff)], axis=-4 if ff else -1
+        )
+        return BatchNorm(self.affine, features_first=ff, name="bn")(y, train)

@@ -1,7 +1,7 @@
 """The DARTS search network (supernet), with alphas as a separate argument.
 
-Input and cell outputs are NHWC; inside a cell the mixed ops run features first,
-(*features, N, H, W) (see ``ops``).
+The input is NHWC; after the stem, states run features first, (C, N, H, W),
+and the cells' mixed ops (*features, N, H, W) (see ``ops``).
 
 Every edge of a search cell is a MixedOp: the softmax(alpha)-weighted sum of
 all PRIMITIVES. To keep the XLA program small and the step fast, edges are not
@@ -300,7 +300,10 @@ class NodeEdges(nn.Module):
 
 
 class SearchCell(nn.Module):
-    """A search cell: preprocess both inputs, then the DAG of n_nodes MixedOp nodes."""
+    """A search cell: preprocess both inputs, then the DAG of n_nodes MixedOp nodes.
+
+    States are features first: s0, s1 (C', N, H, W) in, (n_nodes * C, N, H, W) out.
+    """
 
     features: int
     reduction: bool
@@ -311,22 +314,18 @@ class SearchCell(nn.Module):
     def __call__(self, s0, s1, weights_edge_op: jax.Array, train: bool) -> jax.Array:
         c, n = self.features, self.n_nodes
         if self.reduction_prev:
-            s0 = ops.FactorizedReduce(c, name="preproc0")(s0, train)
+            s0 = ops.FactorizedReduce(c, features_first=True, name="preproc0")(s0, train)
         else:
-            s0 = ops.StdConv(c, name="preproc0")(s0, train)
-        s1 = ops.StdConv(c, name="preproc1")(s1, train)
+            s0 = ops.StdConv(c, features_first=True, name="preproc0")(s0, train)
+        s1 = ops.StdConv(c, features_first=True, name="preproc1")(s1, train)
         offsets = edge_offsets(n)
         # Edges from the two cell inputs, to every node: rows offset(i) + s.
         rows = np.array([[offsets[i] + s for s in range(2)] for i in range(n)])
-        # The cell's mixed ops run features first (see ``ops``): one transpose in,
-        # one out, instead of a copy around every depthwise product.
-        inputs_scnhw = jnp.transpose(jnp.stack([s0, s1]), (0, 4, 1, 2, 3))
         mixed = MixedEdges(n, 2 if self.reduction else 1, name="input_edges")(
-            inputs_scnhw, weights_edge_op[rows], train
+            jnp.stack([s0, s1]), weights_edge_op[rows], train
         )
         nodes = NodeEdges(n, name="node_edges")(mixed.sum(axis=1), weights_edge_op, train)
-        # (n, C, N, H, W) -> (N, H, W, n * C): the nodes concatenated, in order
-        return jnp.transpose(nodes, (2, 3, 4, 0, 1)).reshape(*nodes.shape[2:], n * c)
+        return nodes.reshape(n * c, *nodes.shape[2:])  # the nodes concatenated, in order
 
 
 def reduction_indices(layers: int) -> tuple[int, int]:
@@ -370,7 +369,9 @@ class SearchNetwork(nn.Module):
     @nn.compact
     def __call__(self, x_nhwc: jax.Array, alphas: Mapping[str, jax.Array], train: bool):
         check_alphas(alphas, self.n_nodes)
-        s0 = s1 = Stem(self.stem_multiplier * self.C, name="stem")(x_nhwc, train)
+        stem = Stem(self.stem_multiplier * self.C, name="stem")(x_nhwc, train)
+        # Cells run features first (see ``ops``): states are (C, N, H, W).
+        s0 = s1 = jnp.transpose(stem, (3, 0, 1, 2))
         weights = {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
         c, reduction_prev = self.C, False
         for i in range(self.layers):
@@ -379,7 +380,7 @@ class SearchNetwork(nn.Module):
             cell = SearchCell(c, reduction, reduction_prev, self.n_nodes, name=f"cell{i}")
             s0, s1 = s1, cell(s0, s1, weights["reduce" if reduction else "normal"], train)
             reduction_prev = reduction
-        features = s1.mean(axis=(1, 2))
+        features = s1.mean(axis=(2, 3)).T  # (N, C)
         return classifier(features.shape[-1], self.num_classes)(features)
 
 

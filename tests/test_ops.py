@@ -213,3 +213,50 @@ def test_pointwise_conv_is_a_per_edge_matmul():
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     np.testing.assert_allclose(y[:, :, :, 2], conv, rtol=1e-5)
+
+
+def _to_features_first(x_nhwc):
+    return jnp.moveaxis(x_nhwc, (0, 1, 2), (-3, -2, -1))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_features_first_ops_equal_their_nhwc_forms(stride):
+    """Every op with ``features_first`` computes the NHWC op in the (*F, N, H, W) layout."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 3, 4)).astype(np.float32))  # (N, H, W, S, C)
+    x_ff = _to_features_first(x)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 2, 3, 4)).astype(np.float32))  # (k, k, M, S, C)
+    pw = jnp.asarray(rng.normal(size=(3, 4, 5)).astype(np.float32))
+    for fn in DEPTHWISE_FNS:  # one input broadcast over two edges' kernels
+        want = fn(x[:, :, :, None], kernel, stride, 2)
+        got = fn(x_ff, kernel, stride, 2, features_first=True)
+        np.testing.assert_allclose(got, _to_features_first(want), rtol=1e-5, atol=1e-5)
+    pairs = [
+        (ops.pointwise_conv(x, pw), ops.pointwise_conv(x_ff, pw, True)),
+        (ops.max_pool_3x3(x, stride), ops.max_pool_3x3(x_ff, stride, True)),
+        (ops.avg_pool_3x3(x, stride), ops.avg_pool_3x3(x_ff, stride, True)),
+        (ops.normalize_batch(x)[0], ops.normalize_batch(x_ff, 1e-5, True)[0]),
+        *zip(
+            ops.factorized_reduce_inputs(x), ops.factorized_reduce_inputs(x_ff, True), strict=True
+        ),
+    ]
+    for want, got in pairs:
+        np.testing.assert_allclose(got, _to_features_first(want), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.batch_moments(x_ff, True), ops.batch_moments(x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("module", [ops.BatchNorm, ops.StdConv, ops.FactorizedReduce])
+def test_features_first_modules_equal_their_nhwc_forms(module):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 6))
+    args = () if module is ops.BatchNorm else (4,)
+    nhwc, ff = module(*args, affine=True), module(*args, affine=True, features_first=True)
+    variables = nhwc.init(jax.random.PRNGKey(1), x, train=True)
+    x_ff = _to_features_first(x)
+    assert jax.tree.map(jnp.shape, ff.init(jax.random.PRNGKey(1), x_ff, train=True)) == (
+        jax.tree.map(jnp.shape, variables)
+    )
+    for train in (True, False):
+        want, stats = nhwc.apply(variables, x, train=train, mutable=["batch_stats"])
+        got, stats_ff = ff.apply(variables, x_ff, train=train, mutable=["batch_stats"])
+        np.testing.assert_allclose(got, _to_features_first(want), rtol=1e-5, atol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), stats, stats_ff)
