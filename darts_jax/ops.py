@@ -154,7 +154,10 @@ def depthwise_conv_matmul(
 
     @jax.checkpoint
     def conv(x, kernel):
-        band = jnp.einsum(f"yj{f_all},jwv->y{f_all}wv", kernel, taps.astype(kernel.dtype))
+        # Operands in the product's own order, (batch, free, contracted) and
+        # (batch, contracted, free), so that XLA copies neither: the shifted rows
+        # are stacked next to W, the band is built features first.
+        band = jnp.einsum(f"yj{f_all},jwv->{f_all}ywv", kernel, taps.astype(kernel.dtype))
         x_fnhw = x if features_first else jnp.transpose(x, tuple(range(3, x.ndim)) + (0, 1, 2))
         rows_axis = x_fnhw.ndim - 2
         x_fnhw = jnp.pad(x_fnhw, ((0, 0),) * rows_axis + ((pad, pad), (0, 0)))
@@ -164,7 +167,8 @@ def depthwise_conv_matmul(
             )
             for i in range(k)
         ]
-        y = jnp.einsum(f"{f_x}nyzw,y{f_all}wv->{f_all}nzv", jnp.stack(rows, rows_axis), band)
+        rows = jnp.stack(rows, rows_axis + 1)  # (*F_x, N, H', k, W)
+        y = jnp.einsum(f"{f_x}nzyw,{f_all}ywv->{f_all}nzv", rows, band)
         if features_first:
             return y
         return jnp.transpose(y, (n_feat, n_feat + 1, n_feat + 2) + tuple(range(n_feat)))
@@ -174,8 +178,8 @@ def depthwise_conv_matmul(
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array, features_first: bool = False) -> jax.Array:
     """1x1 convolution: contracts the channel axis. kernel: (*F[:-1], C_in, C_out)."""
-    if features_first:
-        return jnp.einsum("...cnhw,...co->...onhw", x, kernel)
+    if features_first:  # kernel first: the product's output is already (..., O, N, H, W)
+        return jnp.einsum("...co,...cnhw->...onhw", kernel, x)
     return jnp.einsum("nhw...c,...co->nhw...o", x, kernel)
 
 
