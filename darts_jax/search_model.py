@@ -36,7 +36,7 @@ _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
 # elements than this, and unrolled on larger ones. A loop compiles one body
 # (the test-size second-order step compiles in 52 s instead of 77 s). At full
 # size, unrolled runs faster: with the CPU's matrix-product depthwise convs
-# the default first-order step takes 51-58 s unrolled against 58 s as loops,
+# (session 4, NHWC) the default first-order step took 51-58 s unrolled against 58 s as loops,
 # and XLA plans 34 GB instead of 39 GB for the second-order step; with grouped
 # convolutions XLA:CPU ran a kernel gradient inside a loop body 9-14x slower.
 ROLLED_MAX_ELEMENTS = 2**16
