@@ -1,8 +1,8 @@
 """DARTS operations as pure functions and small Flax modules.
 
-Two layouts. NHWC, (N, H, W, *features), for the final network and the
-modules. Features first, (*features, N, H, W), for the search cells'
-mixed ops: ``features_first=True``. The feature axes may hold several edges at
+Two layouts: NHWC, (N, H, W, *features), the default; and features first,
+(*features, N, H, W), with ``features_first=True``, in which both networks run
+everything between stem and classifier. The feature axes may hold several edges at
 once, e.g. (M, S, C) for the edges from S source states to M target nodes, so
 that one call computes an op for many edges. Features first keeps a channel's
 (N, H, W) block contiguous: the depthwise matrix products need no transposes

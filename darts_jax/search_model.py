@@ -36,9 +36,10 @@ _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
 # elements than this, and unrolled on larger ones. A loop compiles one body
 # (the test-size second-order step compiles in 52 s instead of 77 s). At full
 # size, unrolled runs faster: with the CPU's matrix-product depthwise convs
-# (session 4, NHWC) the default first-order step took 51-58 s unrolled against 58 s as loops,
-# and XLA plans 34 GB instead of 39 GB for the second-order step; with grouped
-# convolutions XLA:CPU ran a kernel gradient inside a loop body 9-14x slower.
+# (measured in session 4, NHWC) the default first-order step took 51-58 s
+# unrolled against 58 s as loops, and XLA planned 34 GB instead of 39 GB for
+# the second-order step; with grouped convolutions XLA:CPU ran a kernel
+# gradient inside a loop body 9-14x slower.
 ROLLED_MAX_ELEMENTS = 2**16
 
 
@@ -221,9 +222,10 @@ class NodeEdges(nn.Module):
 
     ``sums_ncnhw``: (n_nodes, C, N, H, W), each node's sum over the cell-input
     edges, features first; ``weights_edge_op``: the cell's (n_edges, n_ops)
-    softmaxed alphas. Returns the finished nodes, (n_nodes, C, N, H, W). Parameters and BN
-    statistics are stored per real edge (``node_edge_rows`` order): an edge
-    axis of size n_nodes (n_nodes - 1) / 2; pool statistics per source node.
+    softmaxed alphas. Returns the finished nodes, (n_nodes, C, N, H, W).
+    Parameters and BN statistics are stored per real edge (``node_edge_rows``
+    order): an edge axis of size n_nodes (n_nodes - 1) / 2; pool statistics
+    per source node.
     """
 
     n_nodes: int

@@ -91,3 +91,13 @@ def test_imagenet_variant_size_and_outputs():
         variables,
     )
     assert logits.shape == (2, 1000) and aux.shape == (2, 1000)
+
+
+def test_drop_path_mask_is_the_same_on_any_batch_axis():
+    """Cells run (C, N, H, W): the mask for batch axis 1 equals the NHWC one, sample by sample."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 3, 3)) + 5.0
+    key = jax.random.PRNGKey(3)
+    nhwc = drop_path(x, jnp.float32(0.5), key)
+    channels_first = drop_path(jnp.moveaxis(x, 3, 0), jnp.float32(0.5), key, batch_axis=1)
+    np.testing.assert_array_equal(jnp.moveaxis(channels_first, 0, 3), nhwc)
+    assert 0 < int((nhwc[:, 0, 0, 0] == 0).sum()) < 6  # some samples dropped, some kept

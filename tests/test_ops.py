@@ -134,8 +134,9 @@ def test_batch_norm_matches_torch_semantics():
 
 def test_normalize_batch_closed_form_derivative_equals_autodiff_to_second_order():
     """``normalize_batch``'s hand-written derivative rule gives the same first and
-    second derivatives (reverse and forward over reverse) as autodiff of ``normalize(x, *batch_moments(x))``, whether
-    or not the moments are used, and inside ``lax.scan`` (as in the node scan)."""
+    second derivatives (reverse, and forward over reverse) as autodiff of
+    ``normalize(x, *batch_moments(x))``, whether or not the moments are used, and
+    inside ``lax.scan`` (as in the node scan)."""
 
     def composite(x):
         mean, var = ops.batch_moments(x)
