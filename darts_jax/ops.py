@@ -403,7 +403,7 @@ class StdConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         ff = self.features_first
-        c_in = x.shape[0] if ff else x.shape[-1]
+        c_in = x.shape[-4] if ff else x.shape[-1]
         kernel = self.param("kernel", torch_uniform_init(c_in), (c_in, self.features))
         y = pointwise_conv(nn.relu(x), kernel, ff)
         return BatchNorm(self.affine, features_first=ff, name="bn")(y, train)
@@ -422,7 +422,7 @@ class FactorizedReduce(nn.Module):
         if self.features % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
         ff = self.features_first
-        c_in = x.shape[0] if ff else x.shape[-1]
+        c_in = x.shape[-4] if ff else x.shape[-1]
         init = torch_uniform_init(c_in)
         k1 = self.param("kernel1", init, (c_in, self.features // 2))
         k2 = self.param("kernel2", init, (c_in, self.features // 2))
