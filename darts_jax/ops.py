@@ -374,7 +374,9 @@ class RunningStats(nn.Module):
     """The running (mean, var) of a BatchNorm whose normalisation happens elsewhere.
 
     Same variables as ``BatchNorm`` ('batch_stats' mean and var of ``shape``), for
-    code that normalises inside a ``lax.scan`` where Flax modules cannot run.
+    the search cells' edge modules, which normalise in a pure function
+    (``search_model.batch_norm_fn``) that also runs inside ``lax.scan``, where
+    Flax modules cannot.
     Called with a batch's (mean, biased var) and ``count`` while 'batch_stats'
     is mutable, it updates them. Returns the statistics before any update.
     """
