@@ -3,6 +3,7 @@
     python -m darts_jax.bench --net search --config test --order first,second
     python -m darts_jax.bench --net final --config default --torch
     python -m darts_jax.bench --config default --order second --steps 0   # compile only
+    python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
@@ -51,7 +52,7 @@ def _random_images(rng, batch, size, channels):
     return rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
 
 
-def _search_setup(config: str, order: str, n_nodes: int):
+def _search_setup(config: str, order: str, n_nodes: int, scan_passes: bool = True):
     import jax
     import numpy as np
 
@@ -65,7 +66,9 @@ def _search_setup(config: str, order: str, n_nodes: int):
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
     a_tx = optim.alpha_optimizer(3e-4, 1e-3)
     state = create_state(model, jax.random.PRNGKey(0), (batch, size, size, channels), w_tx, a_tx)
-    step = make_train_step(model, w_tx, a_tx, schedule, _scale, Hyper(order))
+    step = make_train_step(
+        model, w_tx, a_tx, schedule, _scale, Hyper(order, scan_passes=scan_passes)
+    )
     rng = np.random.default_rng(0)
     arrays = {
         "train_images": _random_images(rng, batch, size, channels),
@@ -107,7 +110,9 @@ def _scale(rng, x):
     return x.astype("float32") / 255.0
 
 
-def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: str) -> dict:
+def _child(
+    net: str, config: str, order: str, steps: int, n_nodes: int, gpus: str, scan_passes: bool
+) -> dict:
     from darts_jax import xla_env
 
     xla_env.configure()  # as the training scripts do
@@ -117,7 +122,9 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: st
 
     t = time.perf_counter()
     if net == "search":
-        state, step, arrays, shape, images_per_sample = _search_setup(config, order, n_nodes)
+        state, step, arrays, shape, images_per_sample = _search_setup(
+            config, order, n_nodes, scan_passes
+        )
     else:
         state, step, arrays, shape, images_per_sample = _final_setup(config)
     init_s = time.perf_counter() - t
@@ -152,6 +159,7 @@ def _child(net: str, config: str, order: str, steps: int, n_nodes: int, gpus: st
         "order": order if net == "search" else "-",
         **shape,
         "n_nodes": n_nodes,
+        "scan_passes": scan_passes if net == "search" and order != "first" else None,
         "devices": par.size,
         "init_s": round(init_s, 2),
         "trace_s": round(trace_s, 2),
@@ -213,6 +221,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--n_nodes", type=int, default=4, help="search: intermediate nodes per cell"
     )
+    parser.add_argument(
+        "--written_out",
+        action="store_true",
+        help="search, second/fd: the step's gradient passes written out instead of scanned",
+    )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument(
         "--gpus",
@@ -228,7 +241,15 @@ def main(argv=None) -> int:
         parser.error(f"--config {args.config} is not a {args.net} config: {', '.join(configs)}")
     orders = args.order.split(",") if args.net == "search" else ["-"]
     if args.child:
-        row = _child(args.net, args.config, orders[0], args.steps, args.n_nodes, args.gpus)
+        row = _child(
+            args.net,
+            args.config,
+            orders[0],
+            args.steps,
+            args.n_nodes,
+            args.gpus,
+            not args.written_out,
+        )
         print(json.dumps(row), flush=True)
         return 0
     print(
@@ -240,6 +261,7 @@ def main(argv=None) -> int:
         common = ["--config", args.config, "--steps", str(args.steps)]
         jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
         jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
+        jax_cmd += ["--written_out"] if args.written_out else []
         rows = [("jax", _run_child(jax_cmd, args.timeout))]
         if args.torch and gpus == "0" and args.steps:
             torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from darts_jax import architect, optim
+from darts_jax import architect, optim, search_passes
 from darts_jax.metrics import classification_metrics, cross_entropy
 from darts_jax.search_model import SearchNetwork, init_alphas, init_variables
 
@@ -32,6 +32,9 @@ class Hyper(NamedTuple):
     alpha_grad: str = "second"
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
+    # Second order and fd: run the loss-gradient passes as one scanned body
+    # (``search_passes``: about half the compile time and memory); False writes them out.
+    scan_passes: bool = True
 
 
 def make_loss_fn(model: SearchNetwork) -> Callable:
@@ -98,44 +101,44 @@ def make_train_step(
         val_batch = (augment(k_val, batch["val_images"]), batch["val_labels"])
         lr = lr_schedule(state.step)
 
-        # 1. alpha step (BN running statistics of this forward are discarded)
         virtual = architect.VirtualStep(
             xi=lr,
             momentum_buffer=optim.momentum_buffer(state.w_opt_state),
             momentum=hyper.w_momentum,
             weight_decay=hyper.w_weight_decay,
         )
-        (val_loss, _), alpha_grads = architect.alpha_grad(
+        passes = (
+            search_passes.scanned
+            if hyper.scan_passes and hyper.alpha_grad != "first"
+            else search_passes.written_out
+        )
+        r = passes(
             hyper.alpha_grad,
             loss_fn,
+            a_tx,
             state.params,
             state.alphas,
             state.batch_stats,
+            state.a_opt_state,
             train_batch,
             val_batch,
             virtual,
+            model.num_classes,
         )
-        a_updates, a_opt_state = a_tx.update(alpha_grads, state.a_opt_state, state.alphas)
-        alphas = optax.apply_updates(state.alphas, a_updates)
-
-        # 2. weight step with the updated alphas
-        (loss, (logits, batch_stats)), w_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, alphas, state.batch_stats, *train_batch
-        )
-        w_updates, w_opt_state = w_tx.update(w_grads, state.w_opt_state, state.params)
+        w_updates, w_opt_state = w_tx.update(r.w_grads, state.w_opt_state, state.params)
         params = optax.apply_updates(state.params, w_updates)
 
-        metrics = classification_metrics(logits, train_batch[1], loss)
+        metrics = classification_metrics(r.logits, train_batch[1], r.loss)
         metrics["lr"] = lr
-        metrics["alpha_val_loss"] = val_loss
-        metrics["w_grad_norm"] = optax.tree.norm(w_grads)
+        metrics["alpha_val_loss"] = r.val_loss
+        metrics["w_grad_norm"] = optax.tree.norm(r.w_grads)
         new_state = SearchState(
             step=state.step + 1,
             params=params,
-            batch_stats=batch_stats,
-            alphas=alphas,
+            batch_stats=r.batch_stats,
+            alphas=r.alphas,
             w_opt_state=w_opt_state,
-            a_opt_state=a_opt_state,
+            a_opt_state=r.a_opt_state,
             rng=state.rng,
         )
         return new_state, metrics

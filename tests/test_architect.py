@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_search import alpha_problem
 
 from darts_jax import architect
-from darts_jax.search_model import SearchNetwork, init_alphas, init_variables
-from darts_jax.search_step import make_loss_fn
 
 tree_map = jax.tree_util.tree_map
 
@@ -18,19 +17,7 @@ def _flat(tree):
 
 @pytest.fixture(scope="module")
 def problem():
-    """A tiny supernet (one reduction cell, two nodes) and float64 inputs: small to compile."""
-    with jax.enable_x64(True):
-        model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=2)
-        alphas = init_alphas(jax.random.PRNGKey(0), n_nodes=2)
-        alphas = tree_map(lambda a: 100.0 * a.astype(jnp.float64), alphas)  # not all-uniform
-        variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
-        params = tree_map(lambda p: p.astype(jnp.float64), variables["params"])
-        stats = tree_map(lambda p: p.astype(jnp.float64), variables["batch_stats"])
-        rng = np.random.default_rng(0)
-        train = (jnp.asarray(rng.normal(size=(3, 8, 8, 1))), jnp.asarray([0, 1, 2]))
-        val = (jnp.asarray(rng.normal(size=(3, 8, 8, 1))), jnp.asarray([2, 2, 1]))
-        momentum = tree_map(lambda p: 0.1 * jnp.asarray(rng.normal(size=p.shape)), params)
-    return make_loss_fn(model), params, alphas, stats, train, val, momentum
+    return alpha_problem()
 
 
 def _virtual(momentum, xi):

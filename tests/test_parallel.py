@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_flags import SEARCH_TINY
+from tiny_search import step_case
 
 import train_search
 from darts_jax import genotypes, optim, parallel
@@ -19,8 +20,6 @@ from darts_jax.final_model import FinalNetwork
 from darts_jax.final_step import FinalHyper
 from darts_jax.final_step import create_state as final_state
 from darts_jax.final_step import make_train_step as final_train_step
-from darts_jax.search_model import SearchNetwork
-from darts_jax.search_step import Hyper, create_state, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = lambda rng, x: x.astype(jnp.float32) / 255.0  # noqa: E731
@@ -45,35 +44,15 @@ def _run(step_fn, state, batch, gpus):
     return parallel.to_host((state, metrics))
 
 
-def _search_case(order, dtype):
-    model = SearchNetwork(C=4, num_classes=10, layers=3, n_nodes=2)
-    schedule = optim.epoch_cosine_schedule(0.025, 0.001, 2, 4)
-    w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
-    a_tx = optim.alpha_optimizer(3e-4, 1e-3)
-    state = create_state(model, jax.random.PRNGKey(0), (8, 8, 8, 1), w_tx, a_tx)
-    state = jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
-    )
-    augment = lambda rng, x: x.astype(dtype) / 255.0  # noqa: E731
-    rng = np.random.default_rng(0)
-    batch = {
-        "train_images": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
-        "val_images": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
-        "train_labels": rng.integers(0, 10, 8).astype(np.int32),
-        "val_labels": rng.integers(0, 10, 8).astype(np.int32),
-    }
-    return make_train_step(model, w_tx, a_tx, schedule, augment, Hyper(order)), state, batch
-
-
 def test_search_step_is_the_same_on_1_and_8_devices():
-    step, state, batch = _search_case("first", jnp.float32)
+    step, state, batch = step_case("first", jnp.float32)
     one, eight = _run(step, state, batch, "0"), _run(step, state, batch, "all")
     assert _max_diff(eight, one) < 1e-4
 
 
 def test_exact_second_order_step_on_8_devices_in_float64():
     with jax.enable_x64(True):
-        step, state, batch = _search_case("second", jnp.float64)
+        step, state, batch = step_case("second", jnp.float64)
         one, eight = _run(step, state, batch, "0"), _run(step, state, batch, "all")
     assert _max_diff(eight, one) < 1e-10
 
