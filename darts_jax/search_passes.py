@@ -98,6 +98,13 @@ def scanned(
     """
     if mode not in architect.MODES:
         raise ValueError(f"unknown alpha gradient mode {mode!r}; choose one of {architect.MODES}")
+    shapes = [tuple(x.shape) for x in (*train_batch, *val_batch)]
+    if shapes[:2] != shapes[2:]:
+        # One body serves both batches, so they must have one shape.
+        raise ValueError(
+            f"training and validation batches must have the same shapes for the scanned "
+            f"passes, got images/labels {shapes[:2]} and {shapes[2:]}"
+        )
 
     def grads(inp: PassInput):
         images = jnp.where(inp.on_val, val_batch[0], train_batch[0])

@@ -58,6 +58,15 @@ def test_unknown_mode_is_an_error(problem):
         )
 
 
+def test_batches_of_different_shapes_are_an_error(problem):
+    loss_fn, a_tx, params, alphas, stats, a_opt_state, train, val, momentum = problem
+    short_val = (val[0][:2], val[1][:2])
+    with pytest.raises(ValueError, match="must have the same shapes"):
+        search_passes.scanned(
+            "second", loss_fn, a_tx, params, alphas, stats, a_opt_state, train, short_val, None, 3
+        )
+
+
 def test_search_step_scanned_or_written_out_gives_the_same_state():
     """The wiring in ``make_train_step``: both forms of a second-order step, two steps
     (the second with a nonzero momentum buffer), float64."""
