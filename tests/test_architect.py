@@ -54,12 +54,21 @@ def grads(problem):
             lambda w: jax.grad(lambda a: loss_fn(w, a, stats, *train)[0])(alphas), (params,), (v_w,)
         )[1]
         out["manual"] = tree_map(lambda d, h: d - 0.5 * h, d_alpha, hvp)
+        # The search step's split form (search_passes): the library's H v' and combine.
+        hvp_library = architect.alpha_hvp(loss_fn, params, alphas, stats, train, v_w)
+        out["split"] = architect.second_order_combine(d_alpha, hvp_library, 0.5)
         out["d_alpha_at_virtual"] = d_alpha
     return {k: _flat(v) for k, v in out.items()}
 
 
 def test_exact_second_order_equals_independent_forward_over_reverse(grads):
     np.testing.assert_allclose(grads["second"], grads["manual"], rtol=1e-10, atol=1e-14)
+
+
+def test_split_form_with_alpha_hvp_equals_grad_through_the_unrolled_step(grads):
+    """grad_alpha L_val(w') - xi * alpha_hvp(v'), as the search step takes it, equals
+    ``exact`` (jax.grad through the unrolled virtual step)."""
+    np.testing.assert_allclose(grads["split"], grads["second"], rtol=1e-10, atol=1e-14)
 
 
 def test_finite_difference_agrees_with_exact(grads):
