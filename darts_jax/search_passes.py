@@ -12,12 +12,14 @@ order, the Hessian-vector product ``architect.alpha_hvp``) and XLA reuses one
 pass's buffers for the next.
 
 Measured on the 2-core CPU (BENCHMARKS.md, session 6), exact second order:
-test config 37 s trace + compile instead of 54 s, same step time; default
-config 70 s instead of 112-118 s and 14.4 GB planned instead of 37.2 GB, so
-the step now runs on a 24 GB machine. First order has two passes only and
-runs faster written out (the scanned body would compute weight gradients on
-the validation pass as well), so ``search_step`` scans second order and the
-finite difference only.
+test config 37-41 s trace + compile instead of 52-55 s; default config 76 s
+instead of 113-118 s and a 14.4 GB XLA plan instead of 37.2 GB, so the step
+now runs on a 24 GB machine (70 s). The price is compute: the Hessian-vector
+product recomputes the training pass's forward and backward that the
+unrolled form keeps alive, 5-15 % slower steps at the test config. First
+order has two passes only and runs faster written out (the scanned body
+would compute weight gradients on the validation pass as well), so
+``search_step`` scans second order and the finite difference only.
 
 Each pass is followed by its own "glue" (``lax.switch`` on the pass index):
 it reads the pass's gradients, does the small pytree arithmetic of DARTS's

@@ -33,7 +33,7 @@ class Hyper(NamedTuple):
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
     # Second order and fd: run the loss-gradient passes as one scanned body
-    # (``search_passes``: about half the compile time and memory); False writes them out.
+    # (``search_passes``: a smaller program, less memory); False writes them out.
     scan_passes: bool = True
 
 
