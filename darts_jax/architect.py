@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from darts_jax import remat
+
 MODES = ("first", "second", "fd")
 FD_RADIUS = 0.01  # eps = FD_RADIUS / ||v'||, as in both PyTorch projects
 
@@ -78,7 +80,8 @@ def alpha_hvp(loss_fn, params, alphas, batch_stats, train_batch, tangent_w):
     def train_alpha_grad(p):
         return jax.grad(loss_fn, argnums=1, has_aux=True)(p, alphas, batch_stats, *train_batch)[0]
 
-    return jax.jvp(train_alpha_grad, (params,), (tangent_w,))[1]
+    with remat.forward_mode():  # the network's custom_vjp rules admit no jvp
+        return jax.jvp(train_alpha_grad, (params,), (tangent_w,))[1]
 
 
 def second_order_combine(d_alpha, hvp, xi):

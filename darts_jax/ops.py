@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from darts_jax import remat
+
 
 def same_padding(kernel_size: int, dilation: int) -> int:
     return dilation * (kernel_size - 1) // 2
@@ -135,8 +137,9 @@ def depthwise_conv_matmul(
     feeding many edges) stays a free axis of the kernel side, so that input is
     never copied per edge.
 
-    The body is rematerialised in the backward pass: saving the k shifted
-    copies for the kernel gradient would cost k times the input's memory.
+    The body is recomputed in the backward pass (``remat``): saving the k
+    shifted copies for the kernel gradient would cost k times the input's
+    memory.
     """
     k = kernel.shape[0]
     x, x_features, features = _align_features(x, kernel, features_first)
@@ -152,7 +155,6 @@ def depthwise_conv_matmul(
     h_out = out_size(height, stride)
     taps = _column_taps(k, width, stride, dilation)
 
-    @jax.checkpoint
     def conv(x, kernel):
         # Operands in the product's own order, (batch, free, contracted) and
         # (batch, contracted, free), so that XLA copies neither: the shifted rows
@@ -173,7 +175,7 @@ def depthwise_conv_matmul(
             return y
         return jnp.transpose(y, (n_feat, n_feat + 1, n_feat + 2) + tuple(range(n_feat)))
 
-    return conv(x, kernel)
+    return remat.recompute_in_backward(conv)(x, kernel)
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array, features_first: bool = False) -> jax.Array:

@@ -33,13 +33,16 @@ from darts_jax.genotypes import PRIMITIVES, edge_offsets, num_edges
 _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
 
 # NodeEdges runs its scan as a loop on cells whose node states have fewer
-# elements than this, and unrolled on larger ones. A loop compiles one body
-# (the test-size second-order step compiles in 52 s instead of 77 s). At full
-# size, unrolled runs faster: with the CPU's matrix-product depthwise convs
-# (measured in session 4, NHWC) the default first-order step took 51-58 s
-# unrolled against 58 s as loops, and XLA planned 34 GB instead of 39 GB for
-# the second-order step; with grouped convolutions XLA:CPU ran a kernel
-# gradient inside a loop body 9-14x slower.
+# elements than this, and as one call per source node (real edges only) on
+# larger ones. A loop compiles one body (the test-size second-order step
+# compiles in 52 s instead of 77 s). At full size, unrolled runs faster: with
+# the CPU's matrix-product depthwise convs (measured in session 4, NHWC) the
+# default first-order step took 51-58 s unrolled against 58 s as loops, and XLA
+# planned 34 GB instead of 39 GB for the second-order step; with grouped
+# convolutions XLA:CPU ran a kernel gradient inside a loop body 9-14x slower.
+# Dropping the loop's padding slots when unrolled (session 7): one full-size
+# normal cell, forward + backward, 4.18 -> 3.53 s and 3.58 -> 2.92 GB planned,
+# but a slower compile (three step shapes instead of one: 4.4 -> 6.4 s).
 ROLLED_MAX_ELEMENTS = 2**16
 
 
@@ -217,8 +220,9 @@ class NodeEdges(nn.Module):
     edges to the M = n_nodes - 1 next nodes j+1, ..., j+M in one ``mixed_edges``
     call. Slots past the last node are padding: zero weights, zero kernels, so
     they add nothing. One scanned body per cell, instead of one program per
-    source node, keeps the XLA program (and its compile time) small; large
-    cells unroll it (``ROLLED_MAX_ELEMENTS``).
+    source node, keeps the XLA program (and its compile time) small. Large
+    cells (``ROLLED_MAX_ELEMENTS``) make one call per source node instead, each
+    with that node's real edges only.
 
     ``sums_ncnhw``: (n_nodes, C, N, H, W), each node's sum over the cell-input
     edges, features first; ``weights_edge_op``: the cell's (n_edges, n_ops)
@@ -235,12 +239,10 @@ class NodeEdges(nn.Module):
         n_nodes, n_steps = self.n_nodes, self.n_nodes - 1
         if n_steps == 0:
             return sums_ncnhw
-        _, c, batch, h, w = sums_ncnhw.shape
-        rows = node_edge_rows(n_nodes)
-        n_rows, n_slots, dtype = len(rows), n_steps, sums_ncnhw.dtype
+        c, n_rows = sums_ncnhw.shape[1], len(node_edge_rows(n_nodes))
         params = _declare_params(self, edge_param_shapes((n_rows,), c, 1))
         stats = {
-            b: ops.RunningStats(shape, dtype, name=b)
+            b: ops.RunningStats(shape, sums_ncnhw.dtype, name=b)
             for b, shape in edge_bn_shapes((n_rows,), n_steps, c, 1).items()
         }
         if self.is_initializing():
@@ -248,6 +250,66 @@ class NodeEdges(nn.Module):
                 running_stats()  # declares its variables
             return sums_ncnhw
 
+        if sums_ncnhw[0].size >= ROLLED_MAX_ELEMENTS:
+            return self._unrolled(sums_ncnhw, weights_edge_op, params, stats, train)
+        return self._rolled(sums_ncnhw, weights_edge_op, params, stats, train)
+
+    def _unrolled(self, sums_ncnhw, weights_edge_op, params, stats, train):
+        """Large cells: one ``mixed_edges`` call per source node, real edges only.
+
+        Node j has n_nodes - 1 - j outgoing edges; the loop form pads every step
+        to n_nodes - 1 slots (one shared body), which at full size is half as
+        much work again on the node edges (9 slots for 6 edges at 4 nodes).
+        """
+        n_nodes = self.n_nodes
+        _, c, batch, h, w = sums_ncnhw.shape
+        rows, offsets = node_edge_rows(n_nodes), edge_offsets(n_nodes)
+        nodes = list(sums_ncnhw)
+        moments = {}
+        for j in range(n_nodes - 1):
+            targets = range(j + 1, n_nodes)
+            # Rows run by source, then target: node j's edges are one static slice
+            # (a slice's transpose is a pad; a gather's would be a scatter-add).
+            first = rows[(j, j + 1)]
+            rows_j = slice(first, first + len(targets))
+            params_j = {
+                name: jnp.expand_dims(lax.slice_in_dim(p, first, rows_j.stop, axis=axis), axis + 1)
+                for name, p in params.items()
+                for axis in [2 if name.endswith("_dw") else 0]
+            }
+            weights_j = weights_edge_op[np.array([offsets[i] + j + 2 for i in targets])][:, None]
+
+            def running(b, rows_j=rows_j, j=j):
+                mean, var = stats[b]()
+                if b.endswith("pool_3x3_bn"):  # per source node: (J, C) -> (1, C)
+                    return mean[j : j + 1], var[j : j + 1]
+                # (2, E, C) -> (2, M_j, 1, C)
+                return tuple(v[:, rows_j, None] for v in (mean, var))
+
+            def record(b, mean, var, j=j):
+                moments.setdefault(b, []).append((mean, var))
+
+            norm = batch_norm_fn(train, running, record)
+            out = mixed_edges(params_j, nodes[j][None], weights_j, 1, norm)[:, 0]
+            for m, i in enumerate(targets):
+                nodes[i] = nodes[i] + out[m]
+        if train and self.is_mutable_collection("batch_stats"):
+            for b, per_step in moments.items():
+                means, variances = zip(*per_step, strict=True)
+                if b.endswith("pool_3x3_bn"):  # (1, C) per step -> (J, C)
+                    mean, var = jnp.concatenate(means), jnp.concatenate(variances)
+                else:  # (2, M_j, 1, C) per step -> (2, E, C): steps visit rows in order
+                    mean, var = (jnp.concatenate(v, axis=1)[:, :, 0] for v in (means, variances))
+                stats[b]((mean, var), batch * h * w)
+        return jnp.stack(nodes)
+
+    def _rolled(self, sums_ncnhw, weights_edge_op, params, stats, train):
+        """Small cells: one ``lax.scan`` over source nodes, every step padded to
+        n_nodes - 1 target slots (zero weights and kernels)."""
+        n_nodes, n_steps = self.n_nodes, self.n_nodes - 1
+        _, c, batch, h, w = sums_ncnhw.shape
+        rows = node_edge_rows(n_nodes)
+        n_rows, n_slots = len(rows), n_steps
         # Host index tables: edge row, alpha row and scan position of each (step, slot).
         offsets = edge_offsets(n_nodes)
         row_js = np.full((n_steps, n_slots), n_rows)
@@ -286,8 +348,7 @@ class NodeEdges(nn.Module):
         # Room for the padding slots of the last steps: node j + M for j up to n - 2.
         carry = jnp.pad(sums_ncnhw, ((0, n_slots - 1),) + ((0, 0),) * 4)
         xs = (jnp.arange(n_steps), step_params, step_weights, step_running)
-        unroll = sums_ncnhw[0].size >= ROLLED_MAX_ELEMENTS
-        carry, moments = lax.scan(step, carry, xs, unroll=n_steps if unroll else 1)
+        carry, moments = lax.scan(step, carry, xs)
         if train and self.is_mutable_collection("batch_stats"):
             for b, (mean, var) in moments.items():
                 if b.endswith("pool_3x3_bn"):  # (J, 1, C) -> (J, C)

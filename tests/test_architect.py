@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_search import alpha_problem
 
-from darts_jax import architect
+from darts_jax import architect, remat
 
 tree_map = jax.tree_util.tree_map
 
@@ -50,9 +50,12 @@ def grads(problem):
         # with H v' by forward-over-reverse (jvp of the alpha gradient along v').
         v_w = jax.grad(lambda w: loss_fn(w, alphas, stats, *val)[0])(w_virtual)
         d_alpha = jax.grad(lambda a: loss_fn(w_virtual, a, stats, *val)[0])(alphas)
-        hvp = jax.jvp(
-            lambda w: jax.grad(lambda a: loss_fn(w, a, stats, *train)[0])(alphas), (params,), (v_w,)
-        )[1]
+        with remat.forward_mode():  # a jvp through the network: its remat as jax.checkpoint
+            hvp = jax.jvp(
+                lambda w: jax.grad(lambda a: loss_fn(w, a, stats, *train)[0])(alphas),
+                (params,),
+                (v_w,),
+            )[1]
         out["manual"] = tree_map(lambda d, h: d - 0.5 * h, d_alpha, hvp)
         # The search step's split form (search_passes): the library's H v' and combine.
         hvp_library = architect.alpha_hvp(loss_fn, params, alphas, stats, train, v_w)

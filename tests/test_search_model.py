@@ -136,10 +136,11 @@ def test_forward_shapes_and_bad_alphas():
     ids=["unrolled-node-scan", "grouped-depthwise"],
 )
 def test_network_formulations_agree(monkeypatch, module, name, value):
-    """Small cells loop over source nodes, large ones unroll; depthwise convs run as
-    matrix products on the CPU, grouped on GPUs: same loss, grads, stats."""
-    model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=3)
-    alphas = jax.tree_util.tree_map(lambda a: 3 * a, init_alphas(jax.random.PRNGKey(0), 3))
+    """Small cells loop over source nodes, large ones unroll (without the loop's
+    padding slots); depthwise convs run as matrix products on the CPU, grouped on
+    GPUs: same loss, grads, stats, and eval-mode logits from running statistics."""
+    model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=4)
+    alphas = jax.tree_util.tree_map(lambda a: 3e3 * a, init_alphas(jax.random.PRNGKey(0), 4))
     variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
 
@@ -151,7 +152,10 @@ def test_network_formulations_agree(monkeypatch, module, name, value):
 
     def run():
         grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-        return jax.jit(grad_fn)(variables["params"], alphas)
+        (value, new_stats), grads = jax.jit(grad_fn)(variables["params"], alphas)
+        # Eval mode reads the running statistics each step slices out of its edges.
+        eval_logits = model.apply({**variables, **new_stats}, x, alphas, train=False)
+        return value, new_stats, grads, eval_logits
 
     default = run()
     monkeypatch.setattr(module, name, value)
