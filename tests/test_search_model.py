@@ -139,8 +139,8 @@ def test_network_formulations_agree(monkeypatch, module, name, value):
     """Small cells loop over source nodes, large ones unroll (without the loop's
     padding slots); depthwise convs run as matrix products on the CPU, grouped on
     GPUs: same loss, grads, stats, and eval-mode logits from running statistics."""
-    model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=4)
-    alphas = jax.tree_util.tree_map(lambda a: 3e3 * a, init_alphas(jax.random.PRNGKey(0), 4))
+    model = SearchNetwork(C=4, num_classes=3, layers=1, n_nodes=3)
+    alphas = jax.tree_util.tree_map(lambda a: 3e3 * a, init_alphas(jax.random.PRNGKey(0), 3))
     variables = init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 1), alphas)
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
 
