@@ -261,8 +261,7 @@ class NodeEdges(nn.Module):
         to n_nodes - 1 slots (one shared body), which at full size is half as
         much work again on the node edges (9 slots for 6 edges at 4 nodes).
         """
-        n_nodes = self.n_nodes
-        _, c, batch, h, w = sums_ncnhw.shape
+        n_nodes, (batch, h, w) = self.n_nodes, sums_ncnhw.shape[2:]
         rows, offsets = node_edge_rows(n_nodes), edge_offsets(n_nodes)
         nodes = list(sums_ncnhw)
         moments = {}
@@ -286,7 +285,7 @@ class NodeEdges(nn.Module):
                 # (2, E, C) -> (2, M_j, 1, C)
                 return tuple(v[:, rows_j, None] for v in (mean, var))
 
-            def record(b, mean, var, j=j):
+            def record(b, mean, var):
                 moments.setdefault(b, []).append((mean, var))
 
             norm = batch_norm_fn(train, running, record)
