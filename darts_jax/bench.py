@@ -4,6 +4,7 @@
     python -m darts_jax.bench --net final --config default --torch
     python -m darts_jax.bench --config default --order second --steps 0   # compile only
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
+    python -m darts_jax.bench --config default --order second --remat cells   # less memory
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
@@ -52,7 +53,9 @@ def _random_images(rng, batch, size, channels):
     return rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
 
 
-def _search_setup(config: str, order: str, n_nodes: int, scan_passes: bool = True):
+def _search_setup(
+    config: str, order: str, n_nodes: int, scan_passes: bool = True, remat: str = "none"
+):
     import jax
     import numpy as np
 
@@ -61,7 +64,9 @@ def _search_setup(config: str, order: str, n_nodes: int, scan_passes: bool = Tru
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
     c, layers, batch, size, channels = SEARCH_CONFIGS[config]
-    model = SearchNetwork(C=c, num_classes=10, layers=layers, n_nodes=n_nodes)
+    model = SearchNetwork(
+        C=c, num_classes=10, layers=layers, n_nodes=n_nodes, remat_cells=remat == "cells"
+    )
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 390)
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
     a_tx = optim.alpha_optimizer(3e-4, 1e-3)
@@ -111,7 +116,14 @@ def _scale(rng, x):
 
 
 def _child(
-    net: str, config: str, order: str, steps: int, n_nodes: int, gpus: str, scan_passes: bool
+    net: str,
+    config: str,
+    order: str,
+    steps: int,
+    n_nodes: int,
+    gpus: str,
+    scan_passes: bool,
+    remat: str = "none",
 ) -> dict:
     from darts_jax import xla_env
 
@@ -123,7 +135,7 @@ def _child(
     t = time.perf_counter()
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(
-            config, order, n_nodes, scan_passes
+            config, order, n_nodes, scan_passes, remat
         )
     else:
         state, step, arrays, shape, images_per_sample = _final_setup(config)
@@ -160,6 +172,7 @@ def _child(
         **shape,
         "n_nodes": n_nodes,
         "scan_passes": scan_passes if net == "search" and order != "first" else None,
+        "remat": remat if net == "search" else None,
         "devices": par.size,
         "init_s": round(init_s, 2),
         "trace_s": round(trace_s, 2),
@@ -226,6 +239,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="search, second/fd: the step's gradient passes written out instead of scanned",
     )
+    parser.add_argument(
+        "--remat",
+        default="none",
+        choices=("none", "cells"),
+        help="search: 'cells' recomputes each cell in the backward pass (train_search.py --remat)",
+    )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument(
         "--gpus",
@@ -249,6 +268,7 @@ def main(argv=None) -> int:
             args.n_nodes,
             args.gpus,
             not args.written_out,
+            args.remat,
         )
         print(json.dumps(row), flush=True)
         return 0
@@ -262,6 +282,7 @@ def main(argv=None) -> int:
         jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
         jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
         jax_cmd += ["--written_out"] if args.written_out else []
+        jax_cmd += ["--remat", args.remat]
         rows = [("jax", _run_child(jax_cmd, args.timeout))]
         if args.torch and gpus == "0" and args.steps:
             torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]

@@ -15,6 +15,10 @@ class UsageError(ValueError):
     and exit with status 2."""
 
 
+# --remat: "cells" recomputes each search cell in the backward pass
+# (``SearchNetwork.remat_cells``).
+REMAT_MODES = ("none", "cells")
+
 _GPUS_RE = re.compile(r"^(all|\d+(,\d+)*)$")
 
 
@@ -41,6 +45,7 @@ class SearchConfig:
     alpha_weight_decay: float = 1e-3
     # darts_jax additions
     alpha_grad: str = "second"
+    remat: str = "none"
     data_dir: str | None = None
     out_dir: str = "searchs"
     n_nodes: int = 4
@@ -96,6 +101,8 @@ class SearchConfig:
             raise ValueError(
                 f"--alpha_grad must be one of {architect.MODES}, got {self.alpha_grad!r}"
             )
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"--remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"--train_portion must be in (0, 1), got {self.train_portion}")
         return self
@@ -198,6 +205,9 @@ _HELP = {
     "name": "run name: outputs go to <out_dir>/<name>/",
     "dataset": f"one of {sorted(data.DATASETS)} (digits is embedded, no download)",
     "alpha_grad": "alpha gradient: first order, exact second order, or corrected finite difference",
+    "remat": "'cells': each search cell keeps only its inputs and is recomputed in the "
+    "backward pass (default config, second order, CPU: 8.3 GB peak instead of 15.9 GB, "
+    "a slightly slower step and a slower compile)",
     "data_dir": "tensorflow-datasets data_dir holding prepared data",
     "steps_per_epoch": "cap on steps per epoch (0: the whole split)",
     "resume": "continue the run saved in <out_dir>/<name>/",
@@ -248,6 +258,8 @@ def build_parser(cls=SearchConfig, description: str = "") -> argparse.ArgumentPa
         kind = {"int": int, "float": float, "bool": _str2bool}.get(str(field.type).split(" |")[0])
         if field.name == "alpha_grad":
             kwargs["choices"] = architect.MODES
+        if field.name == "remat":
+            kwargs["choices"] = REMAT_MODES
         if kind is bool or field.type == "bool":
             kwargs.update(type=_str2bool, nargs="?", const=True)
         elif kind is not None:

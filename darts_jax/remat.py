@@ -40,6 +40,7 @@ import jax
 from jax import lax
 
 _FORWARD_MODE = contextvars.ContextVar("darts_jax_remat_forward_mode", default=False)
+_DISABLED = contextvars.ContextVar("darts_jax_remat_disabled", default=False)
 
 
 @contextlib.contextmanager
@@ -53,6 +54,19 @@ def forward_mode() -> Iterator[None]:
         _FORWARD_MODE.reset(token)
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within: ``recompute_in_backward(fn)`` is ``fn`` itself, for code that an
+    enclosing rule already recomputes as a whole (a rematerialised search cell):
+    a nested ``jax.checkpoint`` would only give XLA more program to compile.
+    Read when a function is traced."""
+    token = _DISABLED.set(True)
+    try:
+        yield
+    finally:
+        _DISABLED.reset(token)
+
+
 def after(values, anchor):
     """``values`` unchanged, made data-dependent on ``anchor`` (any pytree with a
     leaf) through an added zero that the compiler cannot fold away."""
@@ -61,11 +75,18 @@ def after(values, anchor):
     return jax.tree_util.tree_map(lambda v: v + zero.astype(v.dtype), values)
 
 
-def recompute_in_backward(fn: Callable) -> Callable:
+def recompute_in_backward(fn: Callable, inside_gradient: bool = False) -> Callable:
     """``fn`` (arrays in, pytree of arrays out) that keeps only its inputs for the
     backward pass and recomputes itself there, after its output's cotangent.
-    Under ``forward_mode()``: ``jax.checkpoint(fn)``."""
-    if _FORWARD_MODE.get():
+
+    Under ``forward_mode()``: ``jax.checkpoint(fn)``, unless ``inside_gradient``:
+    the caller guarantees that wherever a jvp meets ``fn``, a reverse-mode trace
+    differentiates one of its arguments too (as the exact Hessian-vector
+    product's gradient does the alpha weights), so the custom rule runs inside
+    that trace and forward mode differentiates the rule itself."""
+    if _DISABLED.get():
+        return fn
+    if _FORWARD_MODE.get() and not inside_gradient:
         return jax.checkpoint(fn)
 
     @jax.custom_vjp

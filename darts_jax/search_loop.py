@@ -95,7 +95,12 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         steps = min(steps, cfg.steps_per_epoch)
 
     model = SearchNetwork(
-        cfg.init_channels, info.num_classes, cfg.layers, cfg.n_nodes, cfg.stem_multiplier
+        cfg.init_channels,
+        info.num_classes,
+        cfg.layers,
+        cfg.n_nodes,
+        cfg.stem_multiplier,
+        remat_cells=cfg.remat == "cells",
     )
     schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)
     w_tx = optim.weight_optimizer(schedule, cfg.w_momentum, cfg.w_weight_decay, cfg.w_grad_clip)
@@ -109,6 +114,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
         f"alpha gradient: {cfg.alpha_grad}"
+        + (", cells rematerialised" if cfg.remat == "cells" else "")
     )
 
     ckpts = checkpoint.Checkpoints(ckpt_dir)

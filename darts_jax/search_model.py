@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from darts_jax import ops
+from darts_jax import ops, remat
 from darts_jax.genotypes import PRIMITIVES, edge_offsets, num_edges
 
 _OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
@@ -419,14 +419,57 @@ def classifier(features_in: int, num_classes: int, name: str = "classifier") -> 
     return nn.Dense(num_classes, kernel_init=init, bias_init=init, name=name)
 
 
+def rematerialised_cell(network: nn.Module, cell: SearchCell, name: str, s0, s1, weights_edge_op):
+    """``cell`` (unbound) in training mode on the ``network``'s variables under
+    ``name``, as a ``remat.recompute_in_backward`` function of its weights, BN
+    statistics, inputs and alpha weights: a gradient pass keeps only the
+    cell's inputs and recomputes its forward pass in the backward pass.
+
+    The alpha weights are an argument, so in the exact Hessian-vector product
+    (forward over reverse) every cell's rule sits inside the gradient's trace,
+    where forward mode may differentiate it. Inside the cell nothing else is
+    rematerialised (``remat.disabled()``): the cell is recomputed as a whole,
+    and a jvp could not meet the depthwise products' own ``custom_vjp`` there.
+    The new BN statistics leave the rule as an output and are written back to
+    ``network``'s collection.
+    """
+
+    def apply_cell(params, stats, s0, s1, weights_edge_op):
+        with remat.disabled():
+            out, mutated = cell.apply(
+                {"params": params, "batch_stats": stats},
+                s0,
+                s1,
+                weights_edge_op,
+                True,
+                mutable=["batch_stats"],
+            )
+        return out, mutated["batch_stats"]
+
+    params = network.variables["params"][name]
+    stats = network.variables["batch_stats"][name]
+    out, new_stats = remat.recompute_in_backward(apply_cell, inside_gradient=True)(
+        params, stats, s0, s1, weights_edge_op
+    )
+    if network.is_mutable_collection("batch_stats"):
+        network.put_variable("batch_stats", name, new_stats)
+    return out
+
+
 class SearchNetwork(nn.Module):
-    """pt.darts's SearchCNN: stem, `layers` search cells, global pool, linear."""
+    """pt.darts's SearchCNN: stem, `layers` search cells, global pool, linear.
+
+    ``remat_cells``: in training mode, each cell keeps only its inputs for the
+    backward pass and recomputes itself there (``rematerialised_cell``): far
+    less memory for one more forward pass per cell and gradient pass.
+    """
 
     C: int = 16
     num_classes: int = 10
     layers: int = 8
     n_nodes: int = 4
     stem_multiplier: int = 3
+    remat_cells: bool = False
 
     @nn.compact
     def __call__(self, x_nhwc: jax.Array, alphas: Mapping[str, jax.Array], train: bool):
@@ -439,8 +482,14 @@ class SearchNetwork(nn.Module):
         for i in range(self.layers):
             reduction = i in reduction_indices(self.layers)
             c = c * 2 if reduction else c
-            cell = SearchCell(c, reduction, reduction_prev, self.n_nodes, name=f"cell{i}")
-            s0, s1 = s1, cell(s0, s1, weights["reduce" if reduction else "normal"], train)
+            cell_args = (c, reduction, reduction_prev, self.n_nodes)
+            cell_weights = weights["reduce" if reduction else "normal"]
+            if self.remat_cells and train and not self.is_initializing():
+                cell = SearchCell(*cell_args, parent=None)
+                out = rematerialised_cell(self, cell, f"cell{i}", s0, s1, cell_weights)
+            else:
+                out = SearchCell(*cell_args, name=f"cell{i}")(s0, s1, cell_weights, train)
+            s0, s1 = s1, out
             reduction_prev = reduction
         features = s1.mean(axis=(2, 3)).T  # (N, C)
         return classifier(features.shape[-1], self.num_classes)(features)

@@ -78,3 +78,25 @@ def test_compiled_plan_shrinks_where_jax_checkpoint_does_not():
     )
     assert checkpointed > 0.9 * plain  # if XLA:CPU starts honouring checkpoints, revisit
     assert tied < 0.7 * plain, (plain, tied)
+
+
+def test_inside_gradient_keeps_the_rule_under_forward_mode():
+    """Forward over reverse where every call has a differentiated argument (the
+    exact Hessian-vector product's shape): the custom rule runs there too, with
+    the plain function's values; ``disabled()`` returns the function itself."""
+    with jax.enable_x64():
+        x, ws = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), jnp.full((2, 4), 0.5)
+        probe = jnp.full((2, 3), 0.1)
+
+        def hvp(block):
+            grad_ws = jax.grad(_chain_loss(block), argnums=1)
+            return jax.jvp(lambda x: grad_ws(x, ws), (x,), (probe,))[1]
+
+        with remat.forward_mode():
+            kept = remat.recompute_in_backward(_block, inside_gradient=True)
+            fallback = remat.recompute_in_backward(_block)
+            np.testing.assert_allclose(hvp(kept), hvp(_block), rtol=1e-12)
+    assert not isinstance(fallback, jax.custom_vjp) and isinstance(kept, jax.custom_vjp)
+    with remat.disabled():
+        assert remat.recompute_in_backward(_block) is _block
+    assert remat.recompute_in_backward(_block) is not _block

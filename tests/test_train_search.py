@@ -33,13 +33,13 @@ def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
 
     # A second run with the same name refuses to overwrite ...
     assert train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, *TINY]) == 2
-    # ... and --resume continues after the saved epoch.
-    assert (
-        train_search.main(["--name", "e2e", "--epochs", "2", "--out_dir", out, "--resume", *TINY])
-        == 0
-    )
+    # ... and --resume continues after the saved epoch, here with the cells
+    # rematerialised (what to do after running out of memory: same state).
+    resume = ["--name", "e2e", "--epochs", "2", "--out_dir", out, "--resume", "--remat", "cells"]
+    assert train_search.main([*resume, *TINY]) == 0
     log = open(os.path.join(run, "e2e.log")).read()
     assert "Resumed from" in log and "Train: [ 2/2] Final Prec@1" in log
+    assert "cells rematerialised" in log
     assert "Train: [ 1/2]" not in log  # epoch 1 was not run again
 
 
@@ -73,6 +73,7 @@ def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
         (["--gpus", "a,b"], "--gpus must be"),
         (["--dataset", "svhn"], "unknown dataset"),
         (["--alpha_grad", "exact"], "invalid choice"),
+        (["--remat", "layers"], "invalid choice"),
         (["--batch_size", "x"], "invalid int value"),
         (["--init_channels", "5"], "must be even"),
     ],
