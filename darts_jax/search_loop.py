@@ -77,6 +77,18 @@ def import_torch_search(cfg: SearchConfig, model, state, w_tx, a_tx):
     )
 
 
+def build_model(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
+    """The supernet the flags describe."""
+    return SearchNetwork(
+        cfg.init_channels,
+        num_classes,
+        cfg.layers,
+        cfg.n_nodes,
+        cfg.stem_multiplier,
+        remat_cells=cfg.remat == "cells",
+    )
+
+
 def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     """Runs (or resumes) a search and returns the best epoch's genotype."""
     out = os.path.join(cfg.out_dir, cfg.name)
@@ -94,14 +106,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     if cfg.steps_per_epoch:
         steps = min(steps, cfg.steps_per_epoch)
 
-    model = SearchNetwork(
-        cfg.init_channels,
-        info.num_classes,
-        cfg.layers,
-        cfg.n_nodes,
-        cfg.stem_multiplier,
-        remat_cells=cfg.remat == "cells",
-    )
+    model = build_model(cfg, info.num_classes)
     schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)
     w_tx = optim.weight_optimizer(schedule, cfg.w_momentum, cfg.w_weight_decay, cfg.w_grad_clip)
     a_tx = optim.alpha_optimizer(cfg.alpha_lr, cfg.alpha_weight_decay)
