@@ -3,6 +3,11 @@
 import os
 import tempfile
 
+from darts_jax import xla_env
+
+# The XLA flags the scripts run with (before JAX starts, like them).
+xla_env.configure()
+
 # Eight CPU devices for the data-parallel tests (tests/test_parallel.py); every
 # other test runs on device 0 as a one-device run does. Set before JAX starts.
 os.environ["XLA_FLAGS"] = (

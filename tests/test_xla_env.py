@@ -10,10 +10,15 @@ from darts_jax import xla_env
 
 def test_adds_defaults_once_and_keeps_user_flags():
     env = {"XLA_FLAGS": "--xla_cpu_foo=1"}
-    assert xla_env.configure(env) == "--xla_cpu_foo=1 --xla_gpu_enable_triton_gemm=false"
+    assert xla_env.configure(env) == (
+        "--xla_cpu_foo=1 --xla_gpu_enable_triton_gemm=false "
+        "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE"
+    )
     assert xla_env.configure(env) == env["XLA_FLAGS"]  # idempotent
     user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
-    assert xla_env.configure(user) == "--xla_gpu_enable_triton_gemm=true"
+    assert xla_env.configure(user) == (
+        "--xla_gpu_enable_triton_gemm=true --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE"
+    )
     assert xla_env.configure({"DARTS_JAX_XLA_DEFAULTS": "0"}) == ""
 
 
