@@ -14,7 +14,10 @@ project's 2-core CPU (default config, same hour, one run each: second order
 109.7-109.9 s -> 98.3 s to compile and 67.1-68.8 s -> 58.7 s per step;
 first order 66.7 s -> 57.4 s and 23.6 s -> 22.8 s; with ``--remat cells``
 146.7-155.8 s -> 132.3 s and 71.9-75.5 s -> 65.7 s). It only affects the
-CPU backend (on GPU machines, XLA's host-side programs).
+CPU backend (on GPU machines, XLA's host-side programs). XLA aborts on a
+flag it does not know: the requirements ask for jax >= 0.10.2, where this one
+was measured; if a later jaxlib drops it, ``DARTS_JAX_XLA_DEFAULTS=0`` runs
+without the defaults.
 
 Set ``DARTS_JAX_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched; a flag the
 user already set is never overridden.
