@@ -214,6 +214,8 @@ def _run_child(cmd: list[str], timeout: float) -> dict | str:
 
 
 def main(argv=None) -> int:
+    from darts_jax.config import REMAT_MODES  # the training flag's choices
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--net", default="search", choices=("search", "final"))
     parser.add_argument(
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--remat",
         default="none",
-        choices=("none", "cells"),
+        choices=REMAT_MODES,
         help="search: 'cells' recomputes each cell in the backward pass (train_search.py --remat)",
     )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
