@@ -60,12 +60,16 @@ def _search_setup(
     import numpy as np
 
     from darts_jax import optim
-    from darts_jax.search_model import SearchNetwork
+    from darts_jax.search_model import SearchNetwork, remat_cells_for
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
     c, layers, batch, size, channels = SEARCH_CONFIGS[config]
     model = SearchNetwork(
-        C=c, num_classes=10, layers=layers, n_nodes=n_nodes, remat_cells=remat == "cells"
+        C=c,
+        num_classes=10,
+        layers=layers,
+        n_nodes=n_nodes,
+        remat_cells=remat_cells_for(remat, layers),
     )
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 390)
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)

@@ -28,7 +28,7 @@ from darts_jax import (
 )
 from darts_jax.config import SearchConfig, UsageError
 from darts_jax.metrics import masked_sums
-from darts_jax.search_model import SearchNetwork, count_params
+from darts_jax.search_model import SearchNetwork, count_params, remat_cells_for
 from darts_jax.search_step import Hyper, create_state, make_train_step
 
 
@@ -85,7 +85,7 @@ def build_model(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
         cfg.layers,
         cfg.n_nodes,
         cfg.stem_multiplier,
-        remat_cells=cfg.remat == "cells",
+        remat_cells=remat_cells_for(cfg.remat, cfg.layers),
     )
 
 
@@ -119,7 +119,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
         f"alpha gradient: {cfg.alpha_grad}"
-        + (", cells rematerialised" if cfg.remat == "cells" else "")
+        + (f", cells {list(model.remat_cells)} rematerialised" if model.remat_cells else "")
     )
 
     ckpts = checkpoint.Checkpoints(ckpt_dir)

@@ -10,8 +10,10 @@ from darts_jax.search_model import (
     MixedEdges,
     SearchNetwork,
     count_params,
+    early_cells,
     init_alphas,
     init_variables,
+    remat_cells_for,
 )
 from darts_jax.search_step import make_loss_fn
 
@@ -167,7 +169,7 @@ def test_network_formulations_agree(monkeypatch, module, name, value):
         np.testing.assert_allclose(r, u, rtol=1e-5, atol=1e-6)
 
 
-def _gradients_and_hvp(remat_cells: bool):
+def _gradients_and_hvp(remat_cells: tuple[int, ...]):
     """Loss, gradients, new BN statistics and the exact H v' (float64, tiny
     network, reduction cells included), and XLA's planned temporaries of the gradient."""
     model = SearchNetwork(C=4, num_classes=5, layers=3, n_nodes=2, remat_cells=remat_cells)
@@ -191,13 +193,27 @@ def _gradients_and_hvp(remat_cells: bool):
     return results, compiled.memory_analysis().temp_size_in_bytes
 
 
+def test_early_cells_stop_at_the_last_reduction_cell():
+    assert early_cells(8) == (0, 1, 2, 3, 4)  # reduction cells 2 and 5
+    assert early_cells(5) == (0, 1, 2)  # reduction cells 1 and 3
+    assert early_cells(3) == (0, 1)
+    assert remat_cells_for("cells", 8) == early_cells(8) and remat_cells_for("none", 8) == ()
+    with pytest.raises(ValueError, match="unknown remat mode 'all'"):
+        remat_cells_for("all", 8)
+    model = SearchNetwork(C=4, num_classes=5, layers=3, n_nodes=2, remat_cells=(3,))
+    alphas = init_alphas(jax.random.PRNGKey(0), 2)
+    with pytest.raises(ValueError, match=r"remat_cells \(3,\) must be cell indices in 0..2"):
+        init_variables(model, jax.random.PRNGKey(1), (2, 8, 8, 3), alphas)
+
+
 def test_rematerialised_cells_change_nothing_but_memory():
     """``remat_cells``: the loss, weight and alpha gradients, new BN statistics and
-    the exact Hessian-vector product (forward over reverse through every cell's
-    rule) equal the plain network's; XLA plans less memory for the gradient."""
+    the exact Hessian-vector product (forward over reverse through the cells'
+    rules) equal the plain network's; XLA plans less memory for the gradient."""
     with jax.enable_x64():
-        plain, plain_plan = _gradients_and_hvp(False)
-        remat, remat_plan = _gradients_and_hvp(True)
+        plain, plain_plan = _gradients_and_hvp(())
+        # cells 0 and 1 rematerialised, the last (a reduction cell) not: both kinds meet
+        remat, remat_plan = _gradients_and_hvp(early_cells(3))
     plain, remat = jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)
     assert len(plain) == len(remat) > 100
     for want, got in zip(plain, remat, strict=True):

@@ -100,6 +100,6 @@ def test_import_darts_jax_does_not_import_torch():
 def test_remat_flag_builds_a_rematerialised_network():
     cfg = config.parse_args(["--name", "r", "--dataset", "digits", "--remat", "cells"])
     model = search_loop.build_model(cfg, num_classes=10)
-    assert model.remat_cells and model.C == 16 and model.layers == 8
+    assert model.remat_cells == (0, 1, 2, 3, 4) and model.C == 16 and model.layers == 8
     default = config.parse_args(["--name", "r", "--dataset", "digits"])
     assert not search_loop.build_model(default, num_classes=10).remat_cells
