@@ -8,16 +8,13 @@ import os
 import re
 
 from darts_jax import architect, data, genotypes
+from darts_jax.search_model import REMAT_MODES  # --remat's choices
 
 
 class UsageError(ValueError):
     """Input the user can fix (devices, checkpoints to import): the scripts print it
     and exit with status 2."""
 
-
-# --remat: "cells" recomputes the cells before the last reduction cell in the
-# backward pass (``search_model.remat_cells_for``, ``SearchNetwork.remat_cells``).
-REMAT_MODES = ("none", "cells")
 
 _GPUS_RE = re.compile(r"^(all|\d+(,\d+)*)$")
 

@@ -394,22 +394,25 @@ def reduction_indices(layers: int) -> tuple[int, int]:
     return (layers // 3, 2 * layers // 3)
 
 
+# --remat: "cells" rematerialises ``early_cells`` (``remat_cells_for``).
+REMAT_MODES = ("none", "cells")
+
+
 def early_cells(layers: int) -> tuple[int, ...]:
     """The cells before the last reduction cell: the ones worth rematerialising.
 
     They hold the large activations (the last stage's cells a quarter of the
     first stage's or less). At the default config (second order, CPU) cells
     0-4 rematerialised give the same XLA plan as all eight (3.63 against 3.62
-    GB), compile faster (113.5 s against 132.3 s) and step faster (63.7 s
-    against 65.7 s): see BENCHMARKS.md.
+    GB) in less compile and step time (BENCHMARKS.md, session 9).
     """
     return tuple(range(reduction_indices(layers)[1]))
 
 
 def remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:
     """The cells the ``--remat`` mode rematerialises: 'none' none, 'cells' ``early_cells``."""
-    if mode not in ("none", "cells"):
-        raise ValueError(f"unknown remat mode {mode!r}; choose 'none' or 'cells'")
+    if mode not in REMAT_MODES:
+        raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
     return early_cells(layers) if mode == "cells" else ()
 
 
