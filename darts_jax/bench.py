@@ -249,7 +249,8 @@ def main(argv=None) -> int:
         "--remat",
         default="none",
         choices=REMAT_MODES,
-        help="search: 'cells' recomputes each cell in the backward pass (train_search.py --remat)",
+        help="search: 'cells' recomputes the cells before the last reduction cell in the "
+        "backward pass (train_search.py --remat)",
     )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument(
