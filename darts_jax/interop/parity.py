@@ -13,7 +13,8 @@ magnitude and their ratio (``rel = max|ours - torch| / max|torch|``):
   forward, eval-mode logits, weight gradients by parameter group, alpha
   gradients (first order; with ``--order 2`` exact second order through a
   virtual step with a nonzero momentum buffer, and the corrected central
-  finite difference), the SGD weight optimizer alone with gradient clipping
+  finite difference, both composed as the search step's passes compose
+  them), the SGD weight optimizer alone with gradient clipping
   active, one complete search step (alpha Adam step, clipped SGD weight
   step; ``--step-order``, default ``--order``) from identical states:
   weights, alphas, BN running statistics, momentum buffers, loss;
@@ -260,14 +261,25 @@ def _search_rows(
         xi=jnp.asarray(cfg.lr, dtype), momentum_buffer=j_bufs, momentum=0.9, weight_decay=3e-4
     )
     if order == 2:
-        exact = jax.jit(lambda p, a, s, t, v, st: architect.exact(loss_fn, p, a, s, t, v, st)[1])(
-            params, alphas, stats, jt, jv, virtual
+        # Both second-order gradients as the search step takes them (``search_passes``):
+        # the passes are the gradient program above at other weights and batches,
+        # followed by the same ``architect`` arithmetic. Reusing that one compiled
+        # program leaves the Hessian-vector product the only new compile.
+        # (``tests/test_architect.py`` checks this split form against ``architect.exact``.)
+        w_virtual = jax.jit(architect.virtual_weights)(params, gw, virtual)
+        _, (v_w, d_alpha) = grad_fn(w_virtual, alphas, stats, *jv)
+        hvp = jax.jit(lambda p, a, s, t, v: architect.alpha_hvp(loss_fn, p, a, s, t, v))(
+            params, alphas, stats, jt, v_w
         )
+        exact = jax.jit(architect.second_order_combine)(d_alpha, hvp, virtual.xi)
         t_exact = tr.alpha_grad_exact(net, xt, yt, xv, yv, cfg.lr, bufs, 0.9, 3e-4)
         alpha_row("alpha grad, second order (exact)", exact, t_exact)
-        fd = jax.jit(
-            lambda p, a, s, t, v, st: architect.finite_difference(loss_fn, p, a, s, t, v, st)[1]
-        )(params, alphas, stats, jt, jv, virtual)
+        eps = jax.jit(architect.fd_epsilon)(v_w)
+        shifted = jax.jit(architect.shifted_weights)
+        g_plus, g_minus = (
+            grad_fn(shifted(params, v_w, sign * eps), alphas, stats, *jt)[1][1] for sign in (1, -1)
+        )
+        fd = jax.jit(architect.fd_combine)(d_alpha, g_plus, g_minus, virtual.xi, eps)
         t_fd = tr.alpha_grad_fd(net, xt, yt, xv, yv, cfg.lr, bufs, 0.9, 3e-4)
         alpha_row("alpha grad, second order (fd, corrected)", fd, t_fd)
         flat = lambda ts: np.concatenate([_np(t).ravel() for t in ts])  # noqa: E731
