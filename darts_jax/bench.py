@@ -188,6 +188,7 @@ def _child(
         "planned_gb": _planned_memory_gb(compiled),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "hugepages": xla_env.HUGEPAGE_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
@@ -319,4 +320,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from darts_jax import xla_env
+
+    xla_env.restart_with_hugepages()  # as the training scripts; the children inherit it
     sys.exit(main())

@@ -25,11 +25,26 @@ user already set is never overridden.
 ``enable_compilation_cache``: the training scripts keep compiled steps in
 JAX's persistent compilation cache, so a resumed or repeated run with the same
 settings loads them instead of compiling again.
+
+``restart_with_hugepages``: the scripts (``train_search.py``,
+``train_final.py``, ``darts_jax.bench``) re-execute themselves once at start
+with glibc's ``glibc.malloc.hugetlb=1`` tunable, so that malloc asks for
+transparent huge pages (``madvise``) on the memory it maps. XLA:CPU allocates
+a step's temporaries as one buffer per execution (8.8 GB for one
+default-config gradient pass) and frees it afterwards, so every step maps
+fresh memory: with 4 KiB pages that is 2.3 million page faults per pass and
+a third of the step's CPU time in the kernel. With huge pages (measured on
+this project's 2-core CPU, same hour, fresh processes): one default-config
+gradient pass 16.2-18.1 s -> 13.2-15.3 s, the test-config steps unchanged.
+glibc reads tunables only at process start, hence the re-execution. It does
+nothing where the kernel's ``transparent_hugepage`` mode is ``never``, on
+other systems, or with ``DARTS_JAX_HUGEPAGES=0``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 
 DEFAULT_FLAGS = (
@@ -84,3 +99,42 @@ def enable_compilation_cache(environ: MutableMapping[str, str] = os.environ) -> 
     # jax_persistent_cache_min_compile_time_secs): the steps, not small helpers.
     jax.config.update("jax_compilation_cache_dir", path)
     return path
+
+
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+HUGEPAGES_ENV = "DARTS_JAX_HUGEPAGES"
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def hugepage_env(
+    environ: MutableMapping[str, str] = os.environ, platform: str = sys.platform
+) -> dict[str, str] | None:
+    """The environment with ``HUGEPAGE_TUNABLE`` added to ``GLIBC_TUNABLES``, or
+    None where there is nothing to do: already set, opted out
+    (``DARTS_JAX_HUGEPAGES=0``), not Linux, or transparent huge pages off."""
+    if platform != "linux" or environ.get(HUGEPAGES_ENV, "1") == "0":
+        return None
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables:  # ours, or the user's own choice
+        return None
+    try:
+        with open(_THP_MODE) as f:
+            if "[never]" in f.read():
+                return None
+    except OSError:  # no transparent huge pages in this kernel
+        return None
+    env = dict(environ)
+    env["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGE_TUNABLE}" if tunables else HUGEPAGE_TUNABLE
+    return env
+
+
+def restart_with_hugepages() -> None:
+    """Re-executes this Python process with the same arguments and ``hugepage_env``;
+    returns at once if that is None. Call first thing in a script's ``__main__``
+    block (glibc reads tunables at process start; the restarted process sees
+    the variable and goes on)."""
+    env = hugepage_env()
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

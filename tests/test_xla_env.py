@@ -60,3 +60,44 @@ def test_compiled_programs_land_in_the_cache(tmp_path):
     env = {**os.environ, "DARTS_JAX_CACHE_DIR": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_hugepage_env_adds_the_tunable_once(tmp_path, monkeypatch):
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(xla_env, "_THP_MODE", str(mode))
+    env = xla_env.hugepage_env({"PATH": "/bin"}, "linux")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert xla_env.hugepage_env(env, "linux") is None  # the restarted process goes on
+    other = xla_env.hugepage_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, "linux")
+    assert other["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+    assert xla_env.hugepage_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux") is None
+    assert xla_env.hugepage_env({"DARTS_JAX_HUGEPAGES": "0"}, "linux") is None
+    assert xla_env.hugepage_env({}, "darwin") is None
+    mode.write_text("always madvise [never]\n")
+    assert xla_env.hugepage_env({}, "linux") is None
+    monkeypatch.setattr(xla_env, "_THP_MODE", str(tmp_path / "missing"))
+    assert xla_env.hugepage_env({}, "linux") is None
+
+
+def test_restart_reexecutes_once_with_the_same_arguments():
+    code = (
+        "import os, sys; from darts_jax import xla_env; print('start', flush=True); "
+        "xla_env.restart_with_hugepages(); "
+        "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "DARTS_JAX_HUGEPAGES")
+    }
+    expected = xla_env.hugepage_env(env)
+    out = subprocess.run(
+        [sys.executable, "-c", code, "a", "--b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    if expected is None:  # nothing to do on this machine: no restart
+        assert out == ["start", "None ['a', '--b']"]
+    else:
+        assert out == ["start", "start", "glibc.malloc.hugetlb=1 ['a', '--b']"]
