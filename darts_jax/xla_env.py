@@ -34,8 +34,10 @@ a step's temporaries as one buffer per execution (8.8 GB for one
 default-config gradient pass) and frees it afterwards, so every step maps
 fresh memory: with 4 KiB pages that is 2.3 million page faults per pass and
 a third of the step's CPU time in the kernel. With huge pages (measured on
-this project's 2-core CPU, same hour, fresh processes): one default-config
-gradient pass 16.2-18.1 s -> 13.2-15.3 s, the test-config steps unchanged.
+this project's 2-core CPU, alternating fresh processes; BENCHMARKS.md,
+session 10): one default-config gradient pass 0.7-3.0 s faster (13.2-17.0 s
+against 16.2-18.6 s), the default second-order step 60.7 / 63.4 s against
+66.4 / 67.1 s, the test-config steps unchanged.
 glibc reads tunables only at process start, hence the re-execution. It does
 nothing where the kernel's ``transparent_hugepage`` mode is ``never``, on
 other systems, or with ``DARTS_JAX_HUGEPAGES=0``.
