@@ -5,6 +5,7 @@
     python -m darts_jax.bench --config default --order second --steps 0   # compile only
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     python -m darts_jax.bench --config default --order second --remat cells   # less memory
+    python -m darts_jax.bench --config default --order second --cells_one_by_one   # no cell loop
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
@@ -54,7 +55,12 @@ def _random_images(rng, batch, size, channels):
 
 
 def _search_setup(
-    config: str, order: str, n_nodes: int, scan_passes: bool = True, remat: str = "none"
+    config: str,
+    order: str,
+    n_nodes: int,
+    scan_passes: bool = True,
+    remat: str = "none",
+    scan_cells: bool = True,
 ):
     import jax
     import numpy as np
@@ -70,6 +76,7 @@ def _search_setup(
         layers=layers,
         n_nodes=n_nodes,
         remat_cells=remat_cells_for(remat, layers),
+        scan_cells=scan_cells,
     )
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 390)
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
@@ -128,6 +135,7 @@ def _child(
     gpus: str,
     scan_passes: bool,
     remat: str = "none",
+    scan_cells: bool = True,
 ) -> dict:
     from darts_jax import xla_env
 
@@ -139,7 +147,7 @@ def _child(
     t = time.perf_counter()
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(
-            config, order, n_nodes, scan_passes, remat
+            config, order, n_nodes, scan_passes, remat, scan_cells
         )
     else:
         state, step, arrays, shape, images_per_sample = _final_setup(config)
@@ -159,6 +167,7 @@ def _child(
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
+    xla_env.release_freed_memory()  # as the training loops do before the first step
     step_s = None
     if steps:  # --steps 0: compile only (XLA's planned memory still tells whether it fits)
         state, metrics = compiled(state, arrays)
@@ -177,6 +186,7 @@ def _child(
         "n_nodes": n_nodes,
         "scan_passes": scan_passes if net == "search" and order != "first" else None,
         "remat": remat if net == "search" else None,
+        "scan_cells": scan_cells if net == "search" else None,
         "devices": par.size,
         "init_s": round(init_s, 2),
         "trace_s": round(trace_s, 2),
@@ -253,6 +263,11 @@ def main(argv=None) -> int:
         help="search: 'cells' recomputes the cells before the last reduction cell in the "
         "backward pass (train_search.py --remat)",
     )
+    parser.add_argument(
+        "--cells_one_by_one",
+        action="store_true",
+        help="search: every cell its own program, instead of one loop per stage's normal cells",
+    )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument(
         "--gpus",
@@ -277,6 +292,7 @@ def main(argv=None) -> int:
             args.gpus,
             not args.written_out,
             args.remat,
+            not args.cells_one_by_one,
         )
         print(json.dumps(row), flush=True)
         return 0
@@ -291,6 +307,7 @@ def main(argv=None) -> int:
         jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
         jax_cmd += ["--written_out"] if args.written_out else []
         jax_cmd += ["--remat", args.remat]
+        jax_cmd += ["--cells_one_by_one"] if args.cells_one_by_one else []
         rows = [("jax", _run_child(jax_cmd, args.timeout))]
         if args.torch and gpus == "0" and args.steps:
             torch_cmd = [sys.executable, "-m", "darts_jax.interop.torch_bench", "--net", args.net]

@@ -211,12 +211,14 @@ def run_final(cfg: FinalConfig) -> float:
 
     hyper = FinalHyper(steps, cfg.epochs, cfg.drop_path_prob, cfg.aux_weight, cfg.label_smoothing)
     train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)
+    state = parallel.put(state, par.replicated)  # the compiled step's input sharding
     train_step = jax.jit(
         make_train_step(model, tx, schedule, train_aug, hyper),
         in_shardings=(par.replicated, par.data),
         out_shardings=(par.replicated, par.replicated),
         donate_argnums=0,
     )
+    train_step = runs.compile_on_first_call(train_step, logger, "training step")
     eval_fn = make_eval_step(model, augment.make_augment(info, train=False), par)
 
     for epoch in range(start_epoch, cfg.epochs):

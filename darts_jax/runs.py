@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import parallel, reporting
+from darts_jax import parallel, reporting, xla_env
 
 
 def open_run(out: str, name: str, resume: bool, config, kind: str):
@@ -35,6 +37,30 @@ def open_run(out: str, name: str, resume: bool, config, kind: str):
         f"{config.batch_size} split {config.batch_size // par.size} per device: {devices}"
     )
     return logger, tb, par
+
+
+def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable:
+    """``jitted`` (a ``jax.jit`` function) compiled ahead of time for the arguments
+    of its first call, which it then runs, as every later call.
+
+    Between compiling and the first execution the compiler's freed memory goes
+    back to the system (``xla_env.release_freed_memory``), so the step's buffers
+    do not come on top of it. The compile time is logged. Later calls must pass
+    arguments of the same shapes and shardings (a training loop's state and
+    batches do).
+    """
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            t = time.perf_counter()
+            compiled = jitted.lower(*args).compile()
+            xla_env.release_freed_memory()
+            logger.info(f"Compiled the {what} in {time.perf_counter() - t:.1f} s")
+        return compiled(*args)
+
+    return call
 
 
 def gather(images, labels, idx):

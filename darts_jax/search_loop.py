@@ -130,6 +130,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         best_genotype = genotypes.from_str(meta["best_genotype"])
         logger.info(f"Resumed from {ckpt_dir} after epoch {start_epoch}")
 
+    state = parallel.put(state, par.replicated)  # the compiled step's input sharding
     train_aug = augment.make_augment(info, train=True)
     train_step = jax.jit(
         make_train_step(
@@ -144,6 +145,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         out_shardings=(par.replicated, par.replicated),
         donate_argnums=0,
     )
+    train_step = runs.compile_on_first_call(train_step, logger, "search step")
     # pt.darts validates on the alpha half through the same (augmented) loader.
     eval_fn = make_masked_eval(model, train_aug, par)
     gather = runs.jit_gather(par)

@@ -11,7 +11,9 @@ then the edges between its nodes in one ``lax.scan`` over source nodes
 (``NodeEdges``), so each cell is two mixed-op programs whatever its node count.
 Parameter-free ops (pools, identity) of edges sharing a source are computed
 once per source: with affine-free BN their outputs are identical for all those
-edges, as in pt.darts.
+edges, as in pt.darts. The normal cells of one stage have the same shapes, so
+in training and evaluation (not while initialising) they run as one
+``lax.scan`` (``scanned_cells``): one compiled cell per stage.
 
 Alphas: ``{'normal': (n_edges, 8), 'reduce': (n_edges, 8)}``, rows in pt.darts
 edge order (node 0's inputs, then node 1's, ...), columns in PRIMITIVES order.
@@ -19,6 +21,7 @@ edge order (node 0's inputs, then node 1's, ...), columns in PRIMITIVES order.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -365,6 +368,7 @@ class SearchCell(nn.Module):
     """A search cell: preprocess both inputs, then the DAG of n_nodes MixedOp nodes.
 
     States are features first: s0, s1 (C', N, H, W) in, (n_nodes * C, N, H, W) out.
+    ``edges`` is the cell after ``preproc0``: what ``scanned_cells`` runs in a loop.
     """
 
     features: int
@@ -372,22 +376,29 @@ class SearchCell(nn.Module):
     reduction_prev: bool
     n_nodes: int = 4
 
-    @nn.compact
-    def __call__(self, s0, s1, weights_edge_op: jax.Array, train: bool) -> jax.Array:
+    def setup(self):
         c, n = self.features, self.n_nodes
         if self.reduction_prev:
-            s0 = ops.FactorizedReduce(c, features_first=True, name="preproc0")(s0, train)
+            self.preproc0 = ops.FactorizedReduce(c, features_first=True)
         else:
-            s0 = ops.StdConv(c, features_first=True, name="preproc0")(s0, train)
-        s1 = ops.StdConv(c, features_first=True, name="preproc1")(s1, train)
+            self.preproc0 = ops.StdConv(c, features_first=True)
+        self.preproc1 = ops.StdConv(c, features_first=True)
+        self.input_edges = MixedEdges(n, 2 if self.reduction else 1)
+        self.node_edges = NodeEdges(n)
+
+    def __call__(self, s0, s1, weights_edge_op: jax.Array, train: bool) -> jax.Array:
+        return self.edges(self.preproc0(s0, train), s1, weights_edge_op, train)
+
+    def edges(self, p0, s1, weights_edge_op: jax.Array, train: bool) -> jax.Array:
+        """The cell on s0 already preprocessed (``p0``, (C, N, H, W)) and raw s1."""
+        n = self.n_nodes
+        p1 = self.preproc1(s1, train)
         offsets = edge_offsets(n)
         # Edges from the two cell inputs, to every node: rows offset(i) + s.
         rows = np.array([[offsets[i] + s for s in range(2)] for i in range(n)])
-        mixed = MixedEdges(n, 2 if self.reduction else 1, name="input_edges")(
-            jnp.stack([s0, s1]), weights_edge_op[rows], train
-        )
-        nodes = NodeEdges(n, name="node_edges")(mixed.sum(axis=1), weights_edge_op, train)
-        return nodes.reshape(n * c, *nodes.shape[2:])  # the nodes concatenated, in order
+        mixed = self.input_edges(jnp.stack([p0, p1]), weights_edge_op[rows], train)
+        nodes = self.node_edges(mixed.sum(axis=1), weights_edge_op, train)
+        return nodes.reshape(n * self.features, *nodes.shape[2:])  # the nodes concatenated
 
 
 def reduction_indices(layers: int) -> tuple[int, int]:
@@ -414,6 +425,132 @@ def remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:
     if mode not in REMAT_MODES:
         raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
     return early_cells(layers) if mode == "cells" else ()
+
+
+def cell_groups(layers: int, remat_cells: tuple[int, ...] = ()) -> tuple[tuple[int, ...], ...]:
+    """The cells in order, consecutive normal cells grouped (those of one stage:
+    same shapes) where they also agree on ``remat_cells``. A group of two or more
+    runs as one ``lax.scan`` (``scanned_cells``); reduction cells stand alone.
+    At the default 8 layers: (0, 1), (2,), (3, 4), (5,), (6, 7)."""
+    reductions = reduction_indices(layers)
+    groups: list[list[int]] = []
+    for i in range(layers):
+        previous = groups[-1] if groups else None
+        if (
+            previous is not None
+            and i not in reductions
+            and previous[-1] not in reductions
+            and (i in remat_cells) == (previous[-1] in remat_cells)
+        ):
+            previous.append(i)
+        else:
+            groups.append([i])
+    return tuple(tuple(g) for g in groups)
+
+
+def _preproc0(c: int, reduction_prev: bool) -> nn.Module:
+    """A cell's preproc0, unbound (as ``SearchCell`` declares it)."""
+    if reduction_prev:
+        return ops.FactorizedReduce(c, features_first=True, parent=None)
+    return ops.StdConv(c, features_first=True, parent=None)
+
+
+def scanned_cells(
+    network: nn.Module,
+    cells: tuple[int, ...],
+    c: int,
+    reduction_prev: bool,
+    s0,
+    s1,
+    weights_edge_op: jax.Array,
+    train: bool,
+    rematerialise: bool = False,
+):
+    """Consecutive normal cells of one stage as one ``lax.scan`` on ``network``'s
+    variables: XLA compiles one cell for all of them (at the default 8 layers, 5
+    cell bodies instead of 8). Returns (s0, s1) after the last cell.
+
+    Step m runs cell m after its preproc0 (``SearchCell.edges``). The first two
+    cells' preproc0 read states known before the loop and run before it; that of
+    cell m + 2 reads cell m's output and runs in step m (in the last two steps
+    on a copy of the last one's variables, its result discarded). The carry has
+    the cells' output width n_nodes * C: a narrower first s1 (the stem's
+    3C channels) is zero-padded and the first cell's preproc1 kernel gets zero
+    rows, which changes no value and no gradient. ``rematerialise``: each step
+    is a ``remat.recompute_in_backward`` rule, as ``rematerialised_cell``.
+    New BN statistics are written back per cell, as the cells would.
+    """
+    n_nodes, width = network.n_nodes, network.n_nodes * c
+    if len(cells) < 2 or s1.shape[0] > width:
+        raise ValueError(f"scanned_cells needs two or more cells and s1 <= {width} channels")
+    params, stats = network.variables["params"], network.variables["batch_stats"]
+    names = [f"cell{i}" for i in cells]
+
+    def run(module, variables, *args, method=None):
+        out, mutated = module.apply(variables, *args, train, method=method, mutable=["batch_stats"])
+        return out, mutated["batch_stats"]
+
+    def sub(name, keys):
+        return {
+            "params": {k: params[name][k] for k in keys},
+            "batch_stats": {k: stats[name][k] for k in keys},
+        }
+
+    p0s, new_stats = [], {name: {} for name in names}
+    for m, x in enumerate((s0, s1)):
+        p0, new_stats[names[m]]["preproc0"] = run(
+            _preproc0(c, reduction_prev and m == 0),
+            {
+                "params": params[names[m]]["preproc0"],
+                "batch_stats": stats[names[m]]["preproc0"],
+            },
+            x,
+        )
+        p0s.append(p0)
+
+    per_cell = [sub(name, ("preproc1", "input_edges", "node_edges")) for name in names]
+    if s1.shape[0] < width:
+        pad = width - s1.shape[0]
+        s1 = jnp.pad(s1, ((0, pad),) + ((0, 0),) * (s1.ndim - 1))
+        kernel = per_cell[0]["params"]["preproc1"]["kernel"]
+        per_cell[0]["params"]["preproc1"] = {"kernel": jnp.pad(kernel, ((0, pad), (0, 0)))}
+    edge_xs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_cell)
+    pre0_xs = None
+    if len(cells) > 2:  # preproc0 of cell m + 2, in step m
+        later = [sub(name, ("preproc0",)) for name in names[2:]]
+        later = [{k: v["preproc0"] for k, v in var.items()} for var in later]
+        pre0_xs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *later, later[-1], later[-1])
+
+    body_cell = SearchCell(c, False, False, n_nodes, parent=None)
+    later_preproc0 = _preproc0(c, False)
+
+    def cell_step(edge_vars, pre0_vars, p0, s1, weights_edge_op):
+        with remat.disabled() if rematerialise else contextlib.nullcontext():
+            out, new_edges = run(
+                body_cell, edge_vars, p0, s1, weights_edge_op, method=SearchCell.edges
+            )
+            if pre0_vars is None:
+                return out, new_edges
+            return out, new_edges, *run(later_preproc0, pre0_vars, out)
+
+    if rematerialise:
+        cell_step = remat.recompute_in_backward(cell_step, inside_gradient=True)
+
+    def body(carry, xs):
+        p0, p0_following, s1 = carry
+        edge_vars, pre0_vars = xs
+        out, new_edges, *queued = cell_step(edge_vars, pre0_vars, p0, s1, weights_edge_op)
+        p0_next, new_pre0 = queued if queued else (p0_following, None)
+        return (p0_following, p0_next, out), (out, new_edges, new_pre0)
+
+    _, (outs, new_edges, new_pre0) = lax.scan(body, (p0s[0], p0s[1], s1), (edge_xs, pre0_xs))
+    if train and network.is_mutable_collection("batch_stats"):
+        for m, name in enumerate(names):
+            cell_stats = jax.tree_util.tree_map(lambda a, m=m: a[m], new_edges)
+            if m >= 2:
+                cell_stats["preproc0"] = jax.tree_util.tree_map(lambda a, m=m: a[m - 2], new_pre0)
+            network.put_variable("batch_stats", name, {**new_stats[name], **cell_stats})
+    return outs[-2], outs[-1]
 
 
 class Stem(nn.Module):
@@ -486,6 +623,11 @@ class SearchNetwork(nn.Module):
     (``rematerialised_cell``): far less memory for one more forward pass per
     such cell and gradient pass. ``early_cells(layers)`` is the set that
     ``--remat cells`` picks.
+
+    ``scan_cells``: each run of normal cells in a stage (``cell_groups``) is
+    one ``lax.scan`` (``scanned_cells``) instead of one program per cell:
+    same values and variables, and at the default config XLA plans 8.4 GB
+    instead of 12.1 GB for the second-order step (BENCHMARKS.md, session 11).
     """
 
     C: int = 16
@@ -494,6 +636,7 @@ class SearchNetwork(nn.Module):
     n_nodes: int = 4
     stem_multiplier: int = 3
     remat_cells: tuple[int, ...] = ()
+    scan_cells: bool = True
 
     @nn.compact
     def __call__(self, x_nhwc: jax.Array, alphas: Mapping[str, jax.Array], train: bool):
@@ -507,21 +650,47 @@ class SearchNetwork(nn.Module):
         # Cells run features first (see ``ops``): states are (C, N, H, W).
         s0 = s1 = jnp.transpose(stem, (3, 0, 1, 2))
         weights = {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
+        reductions = reduction_indices(self.layers)
         c, reduction_prev = self.C, False
-        for i in range(self.layers):
-            reduction = i in reduction_indices(self.layers)
-            c = c * 2 if reduction else c
-            cell_args = (c, reduction, reduction_prev, self.n_nodes)
-            cell_weights = weights["reduce" if reduction else "normal"]
-            if i in self.remat_cells and train and not self.is_initializing():
-                cell = SearchCell(*cell_args, parent=None)
-                out = rematerialised_cell(self, cell, f"cell{i}", s0, s1, cell_weights)
-            else:
-                out = SearchCell(*cell_args, name=f"cell{i}")(s0, s1, cell_weights, train)
-            s0, s1 = s1, out
-            reduction_prev = reduction
+        if self.scan_cells and not self.is_initializing():
+            groups = cell_groups(self.layers, self.remat_cells if train else ())
+        else:
+            groups = tuple((i,) for i in range(self.layers))
+        for group in groups:
+            if group[0] in reductions:
+                c *= 2
+            # A first s1 wider than the cells' outputs (the stem, if stem_multiplier
+            # > n_nodes) cannot enter the loop's carry: that cell runs alone.
+            head = 1 if len(group) > 1 and s1.shape[0] > self.n_nodes * c else 0
+            alone, looped = (group[:head], group[head:]) if len(group) - head > 1 else (group, ())
+            for i in alone:
+                s0, s1 = s1, self._cell(i, c, reduction_prev, s0, s1, weights, train)
+                reduction_prev = i in reductions
+            if looped:
+                s0, s1 = scanned_cells(
+                    self,
+                    looped,
+                    c,
+                    reduction_prev,
+                    s0,
+                    s1,
+                    weights["normal"],
+                    train,
+                    rematerialise=train and looped[0] in self.remat_cells,
+                )
+                reduction_prev = False
         features = s1.mean(axis=(2, 3)).T  # (N, C)
         return classifier(features.shape[-1], self.num_classes)(features)
+
+    def _cell(self, i: int, c: int, reduction_prev: bool, s0, s1, weights, train: bool):
+        """Cell i as its own module (rematerialised if in ``remat_cells``)."""
+        reduction = i in reduction_indices(self.layers)
+        cell_args = (c, reduction, reduction_prev, self.n_nodes)
+        cell_weights = weights["reduce" if reduction else "normal"]
+        if i in self.remat_cells and train and not self.is_initializing():
+            cell = SearchCell(*cell_args, parent=None)
+            return rematerialised_cell(self, cell, f"cell{i}", s0, s1, cell_weights)
+        return SearchCell(*cell_args, name=f"cell{i}")(s0, s1, cell_weights, train)
 
 
 def check_alphas(alphas: Mapping[str, jax.Array], n_nodes: int) -> None:

@@ -41,10 +41,19 @@ against 16.2-18.6 s), the default second-order step 60.7 / 63.4 s against
 glibc reads tunables only at process start, hence the re-execution. It does
 nothing where the kernel's ``transparent_hugepage`` mode is ``never``, on
 other systems, or with ``DARTS_JAX_HUGEPAGES=0``.
+
+``release_freed_memory``: XLA's compiler frees most of what it allocates, but
+glibc keeps freed heap memory for reuse, and the step's first execution then
+maps its temporaries on top of it. The loops and the benchmark hand that
+memory back (``malloc_trim``) between compiling a step and running it: at the
+default search config, second order, peak RSS 12.4 -> 10.1 GB (BENCHMARKS.md,
+session 11).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from collections.abc import MutableMapping
@@ -140,3 +149,16 @@ def restart_with_hugepages() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def release_freed_memory() -> bool:
+    """Returns the heap memory that glibc keeps after ``free`` to the system
+    (``malloc_trim(0)``), e.g. the compiler's, before a step maps its own
+    buffers. False where the C library has no ``malloc_trim`` (not glibc)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

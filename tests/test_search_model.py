@@ -9,6 +9,7 @@ from darts_jax.genotypes import PRIMITIVES
 from darts_jax.search_model import (
     MixedEdges,
     SearchNetwork,
+    cell_groups,
     count_params,
     early_cells,
     init_alphas,
@@ -169,10 +170,12 @@ def test_network_formulations_agree(monkeypatch, module, name, value):
         np.testing.assert_allclose(r, u, rtol=1e-5, atol=1e-6)
 
 
-def _gradients_and_hvp(remat_cells: tuple[int, ...]):
+def _gradients_and_hvp(remat_cells: tuple[int, ...], layers: int = 3, **model_kwargs):
     """Loss, gradients, new BN statistics and the exact H v' (float64, tiny
     network, reduction cells included), and XLA's planned temporaries of the gradient."""
-    model = SearchNetwork(C=4, num_classes=5, layers=3, n_nodes=2, remat_cells=remat_cells)
+    model = SearchNetwork(
+        C=4, num_classes=5, layers=layers, n_nodes=2, remat_cells=remat_cells, **model_kwargs
+    )
     alphas = init_alphas(jax.random.PRNGKey(0), 2, jnp.float64)
     alphas = jax.tree_util.tree_map(lambda a: 300.0 * a, alphas)
     variables = init_variables(model, jax.random.PRNGKey(1), (4, 8, 8, 3), alphas)
@@ -221,3 +224,50 @@ def test_rematerialised_cells_change_nothing_but_memory():
     if jax.default_backend() == "cpu":
         # at the default config one gradient pass plans 3.2 GB against 8.2 GB (BENCHMARKS.md)
         assert remat_plan < 0.95 * plain_plan, (plain_plan, remat_plan)
+
+
+def test_cell_groups_are_runs_of_normal_cells():
+    assert cell_groups(8) == ((0, 1), (2,), (3, 4), (5,), (6, 7))
+    assert cell_groups(8, early_cells(8)) == cell_groups(8)
+    assert cell_groups(8, (0, 3)) == ((0,), (1,), (2,), (3,), (4,), (5,), (6, 7))
+    assert cell_groups(5) == ((0,), (1,), (2,), (3,), (4,))
+    assert cell_groups(9) == ((0, 1, 2), (3,), (4, 5), (6,), (7, 8))
+
+
+def test_scanned_cells_change_nothing():
+    """Normal cells of a stage run as one loop (``scan_cells``, the default): loss,
+    gradients, new BN statistics and H v' equal the cells run one by one, with and
+    without rematerialisation (7 layers, cells 0-3 rematerialised: a plain pair
+    after a reduction cell, a rematerialised one on the stem, whose 1 x C
+    channels are zero-padded to the cells' 2 x C into the loop)."""
+    kwargs = {"layers": 7, "stem_multiplier": 1}
+    assert cell_groups(7, early_cells(7)) == ((0, 1), (2,), (3,), (4,), (5, 6))
+    with jax.enable_x64():
+        one_by_one, _ = _gradients_and_hvp((), scan_cells=False, **kwargs)
+        scanned, _ = _gradients_and_hvp(early_cells(7), **kwargs)
+    one_by_one, scanned = jax.tree_util.tree_leaves(one_by_one), jax.tree_util.tree_leaves(scanned)
+    assert len(one_by_one) == len(scanned) > 200
+    for want, got in zip(one_by_one, scanned, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_scanned_cells_of_three_and_after_a_wide_stem():
+    """Forward only, 9 layers: a stage of three normal cells (the third's preproc0
+    runs inside the loop) and the stem wider than the cells' outputs (3C against
+    2C: the first cell runs before the loop). Training mode (loss, new BN
+    statistics) and eval mode equal the cells run one by one."""
+    alphas = jax.tree_util.tree_map(lambda a: 300.0 * a, init_alphas(jax.random.PRNGKey(0), 2))
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3))
+    results = []
+    for scan_cells in (False, True):
+        model = SearchNetwork(C=4, num_classes=5, layers=9, n_nodes=2, scan_cells=scan_cells)
+        variables = init_variables(model, jax.random.PRNGKey(1), x.shape, alphas)
+
+        def run(variables, model=model):
+            logits, new = model.apply(variables, x, alphas, train=True, mutable=["batch_stats"])
+            return logits, new, model.apply({**variables, **new}, x, alphas, train=False)
+
+        results.append(jax.tree_util.tree_leaves(jax.jit(run)(variables)))
+    assert len(results[0]) == len(results[1]) > 100
+    for want, got in zip(*results, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

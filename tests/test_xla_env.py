@@ -101,3 +101,39 @@ def test_restart_reexecutes_once_with_the_same_arguments():
         assert out == ["start", "None ['a', '--b']"]
     else:
         assert out == ["start", "start", "glibc.malloc.hugetlb=1 ['a', '--b']"]
+
+
+def test_release_freed_memory_returns_the_heap_glibc_keeps(monkeypatch):
+    """Freed blocks below the heap's top stay resident until ``malloc_trim``
+    (run in a subprocess: a clean heap, and this one's arena left alone)."""
+    code = """
+import ctypes, os
+from darts_jax import xla_env
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+blocks = [libc.malloc(64 * 1024) for _ in range(3000)]  # 190 MB below the mmap threshold
+for b in blocks:
+    ctypes.memset(b, 1, 64 * 1024)
+guard = libc.malloc(64)  # keeps the freed blocks below the heap's top
+before = rss_mb()
+for b in blocks:
+    libc.free(b)
+kept = rss_mb()
+released = xla_env.release_freed_memory()
+print(released, round(before), round(kept), round(rss_mb()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    released, before, kept, after = out.stdout.split()
+    assert released == "True"
+    assert float(kept) > float(before) - 20  # glibc kept what was freed
+    assert float(after) < float(kept) - 150, out.stdout  # and handed it back
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(xla_env.ctypes, "CDLL", no_libc)
+    assert xla_env.release_freed_memory() is False
