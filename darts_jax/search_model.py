@@ -483,32 +483,28 @@ def scanned_cells(
     n_nodes, width = network.n_nodes, network.n_nodes * c
     if len(cells) < 2 or s1.shape[0] > width:
         raise ValueError(f"scanned_cells needs two or more cells and s1 <= {width} channels")
-    params, stats = network.variables["params"], network.variables["batch_stats"]
+    variables = {col: network.variables[col] for col in ("params", "batch_stats")}
     names = [f"cell{i}" for i in cells]
 
-    def run(module, variables, *args, method=None):
-        out, mutated = module.apply(variables, *args, train, method=method, mutable=["batch_stats"])
+    def run(module, module_variables, *args, method=None):
+        out, mutated = module.apply(
+            module_variables, *args, train, method=method, mutable=["batch_stats"]
+        )
         return out, mutated["batch_stats"]
 
-    def sub(name, keys):
-        return {
-            "params": {k: params[name][k] for k in keys},
-            "batch_stats": {k: stats[name][k] for k in keys},
-        }
+    def variables_of(name, keys):
+        return {col: {k: tree[name][k] for k in keys} for col, tree in variables.items()}
+
+    def preproc0_variables(name):
+        return {col: tree[name]["preproc0"] for col, tree in variables.items()}
 
     p0s, new_stats = [], {name: {} for name in names}
     for m, x in enumerate((s0, s1)):
-        p0, new_stats[names[m]]["preproc0"] = run(
-            _preproc0(c, reduction_prev and m == 0),
-            {
-                "params": params[names[m]]["preproc0"],
-                "batch_stats": stats[names[m]]["preproc0"],
-            },
-            x,
-        )
+        module = _preproc0(c, reduction_prev and m == 0)
+        p0, new_stats[names[m]]["preproc0"] = run(module, preproc0_variables(names[m]), x)
         p0s.append(p0)
 
-    per_cell = [sub(name, ("preproc1", "input_edges", "node_edges")) for name in names]
+    per_cell = [variables_of(name, ("preproc1", "input_edges", "node_edges")) for name in names]
     if s1.shape[0] < width:
         pad = width - s1.shape[0]
         s1 = jnp.pad(s1, ((0, pad),) + ((0, 0),) * (s1.ndim - 1))
@@ -517,8 +513,7 @@ def scanned_cells(
     edge_xs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_cell)
     pre0_xs = None
     if len(cells) > 2:  # preproc0 of cell m + 2, in step m
-        later = [sub(name, ("preproc0",)) for name in names[2:]]
-        later = [{k: v["preproc0"] for k, v in var.items()} for var in later]
+        later = [preproc0_variables(name) for name in names[2:]]
         pre0_xs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *later, later[-1], later[-1])
 
     body_cell = SearchCell(c, False, False, n_nodes, parent=None)
