@@ -142,7 +142,7 @@ def _child(
     xla_env.configure()  # as the training scripts do
     import jax
 
-    from darts_jax import parallel
+    from darts_jax import parallel, runs
 
     t = time.perf_counter()
     if net == "search":
@@ -167,7 +167,8 @@ def _child(
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    xla_env.release_freed_memory()  # as the training loops do before the first step
+    del lowered
+    runs.free_compiler_memory()  # as the training loops do before the first step
     step_s = None
     if steps:  # --steps 0: compile only (XLA's planned memory still tells whether it fits)
         state, metrics = compiled(state, arrays)
