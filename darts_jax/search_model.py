@@ -364,6 +364,13 @@ class NodeEdges(nn.Module):
         return carry[:n_nodes]
 
 
+def preproc0_module(c: int, reduction_prev: bool, **kwargs) -> nn.Module:
+    """A cell's preproc0: FactorizedReduce after a reduction cell, else StdConv."""
+    if reduction_prev:
+        return ops.FactorizedReduce(c, features_first=True, **kwargs)
+    return ops.StdConv(c, features_first=True, **kwargs)
+
+
 class SearchCell(nn.Module):
     """A search cell: preprocess both inputs, then the DAG of n_nodes MixedOp nodes.
 
@@ -378,10 +385,7 @@ class SearchCell(nn.Module):
 
     def setup(self):
         c, n = self.features, self.n_nodes
-        if self.reduction_prev:
-            self.preproc0 = ops.FactorizedReduce(c, features_first=True)
-        else:
-            self.preproc0 = ops.StdConv(c, features_first=True)
+        self.preproc0 = preproc0_module(c, self.reduction_prev)
         self.preproc1 = ops.StdConv(c, features_first=True)
         self.input_edges = MixedEdges(n, 2 if self.reduction else 1)
         self.node_edges = NodeEdges(n)
@@ -448,13 +452,6 @@ def cell_groups(layers: int, remat_cells: tuple[int, ...] = ()) -> tuple[tuple[i
     return tuple(tuple(g) for g in groups)
 
 
-def _preproc0(c: int, reduction_prev: bool) -> nn.Module:
-    """A cell's preproc0, unbound (as ``SearchCell`` declares it)."""
-    if reduction_prev:
-        return ops.FactorizedReduce(c, features_first=True, parent=None)
-    return ops.StdConv(c, features_first=True, parent=None)
-
-
 def scanned_cells(
     network: nn.Module,
     cells: tuple[int, ...],
@@ -500,7 +497,7 @@ def scanned_cells(
 
     p0s, new_stats = [], {name: {} for name in names}
     for m, x in enumerate((s0, s1)):
-        module = _preproc0(c, reduction_prev and m == 0)
+        module = preproc0_module(c, reduction_prev and m == 0, parent=None)
         p0, new_stats[names[m]]["preproc0"] = run(module, preproc0_variables(names[m]), x)
         p0s.append(p0)
 
@@ -517,7 +514,7 @@ def scanned_cells(
         pre0_xs = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *later, later[-1], later[-1])
 
     body_cell = SearchCell(c, False, False, n_nodes, parent=None)
-    later_preproc0 = _preproc0(c, False)
+    later_preproc0 = preproc0_module(c, False, parent=None)
 
     def cell_step(edge_vars, pre0_vars, p0, s1, weights_edge_op):
         with remat.disabled() if rematerialise else contextlib.nullcontext():
