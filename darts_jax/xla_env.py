@@ -6,7 +6,9 @@ compiler aborted on the search step (test config, first order) with
 dim_size (64 vs. 16)``, a known XLA bug in Triton GEMM fusion for small CNN
 shapes (openxla/xla#47381, jax-ml/jax#34010) whose suggested workaround is to
 keep such fusions off Triton (cuBLAS instead). The flag also spares the
-autotuning of Triton GEMM configurations. It only affects GPU backends.
+autotuning of Triton GEMM configurations. It only affects GPU backends. With
+it every search and final step compiled and ran on the H200 (BENCHMARKS.md,
+session 12).
 
 ``--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE``: XLA:CPU's preset for
 fast compiles made the search steps both compile and run faster on this
