@@ -48,6 +48,17 @@ def _peak_memory_gb(jax) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def _host_memory_gb() -> tuple[float, float | None]:
+    """(peak RSS so far, current RSS) of this process; current is None off Linux."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return peak, None
+    return peak, kb / 1e6
+
+
 def _random_images(rng, batch, size, channels):
     import numpy as np
 
@@ -169,6 +180,9 @@ def _child(
     compile_s = time.perf_counter() - t
     del lowered
     runs.free_compiler_memory()  # as the training loops do before the first step
+    # Host memory before the first step: the compiler's peak so far, and what the
+    # process holds once the compiler's memory is handed back (the step adds XLA's plan).
+    compile_peak_gb, rss_before_step_gb = _host_memory_gb()
     step_s = None
     if steps:  # --steps 0: compile only (XLA's planned memory still tells whether it fits)
         state, metrics = compiled(state, arrays)
@@ -197,6 +211,8 @@ def _child(
         "images_per_s": step_s and round(images_per_sample * shape["batch"] / step_s, 1),
         "peak_mem_gb": round(_peak_memory_gb(jax), 2),
         "planned_gb": _planned_memory_gb(compiled),
+        "compile_peak_rss_gb": round(compile_peak_gb, 2),
+        "rss_before_step_gb": rss_before_step_gb and round(rss_before_step_gb, 2),
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "hugepages": xla_env.HUGEPAGE_TUNABLE in os.environ.get("GLIBC_TUNABLES", ""),

@@ -21,6 +21,15 @@ flag it does not know: the requirements ask for jax >= 0.10.2, where this one
 was measured; if a later jaxlib drops it, ``DARTS_JAX_XLA_DEFAULTS=0`` runs
 without the defaults.
 
+``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce``: XLA:CPU
+hands matrix products, elementwise fusions and reductions to YNNPACK, its
+newer kernel library (off by default in jax 0.10.2). One default-network
+gradient pass at batch 16 on this project's 2-core CPU, three alternating
+runs each (BENCHMARKS.md, session 12): 3.45-4.54 s against 4.36-5.23 s, peak
+memory 3.3 GB against 4.0 GB; dot, eltwise or reduce alone gave less.
+YNNPACK runs float32 work; float64 programs (the tests' tight checks) keep
+XLA's own kernels. It only affects the CPU backend; jax 0.11.2 accepts it.
+
 Set ``DARTS_JAX_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched; a flag the
 user already set is never overridden.
 
@@ -63,6 +72,7 @@ from collections.abc import MutableMapping
 DEFAULT_FLAGS = (
     "--xla_gpu_enable_triton_gemm=false",
     "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
+    "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
 )
 CACHE_ENV = "DARTS_JAX_CACHE_DIR"
 _CACHE_OFF = ("", "0", "off", "none")

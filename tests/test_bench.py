@@ -22,3 +22,14 @@ def test_config_must_exist_for_the_net(capsys):
         bench.main(["--net", "final", "--config", "quickstart"])
     assert exit_info.value.code == 2
     assert "--config quickstart is not a final config: test, default" in capsys.readouterr().err
+
+
+def test_host_memory_sees_a_new_resident_array():
+    import numpy as np
+
+    peak_before, rss_before = bench._host_memory_gb()
+    block = np.ones(50_000_000, np.float32)  # 0.2 GB, touched
+    peak_after, rss_after = bench._host_memory_gb()
+    assert rss_before is not None and rss_after - rss_before > 0.15
+    assert peak_after >= rss_after - 0.01 and peak_after >= peak_before
+    del block

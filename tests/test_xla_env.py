@@ -5,19 +5,25 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from darts_jax import xla_env
 
 
 def test_adds_defaults_once_and_keeps_user_flags():
     env = {"XLA_FLAGS": "--xla_cpu_foo=1"}
+    ynn = "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
     assert xla_env.configure(env) == (
         "--xla_cpu_foo=1 --xla_gpu_enable_triton_gemm=false "
-        "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE"
+        f"--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE {ynn}"
     )
     assert xla_env.configure(env) == env["XLA_FLAGS"]  # idempotent
-    user = {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true"}
+    user = {
+        "XLA_FLAGS": "--xla_gpu_enable_triton_gemm=true --xla_cpu_experimental_ynn_fusion_type="
+    }
     assert xla_env.configure(user) == (
-        "--xla_gpu_enable_triton_gemm=true --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE"
+        "--xla_gpu_enable_triton_gemm=true --xla_cpu_experimental_ynn_fusion_type= "
+        "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE"
     )
     assert xla_env.configure({"DARTS_JAX_XLA_DEFAULTS": "0"}) == ""
 
@@ -29,6 +35,31 @@ def test_cpu_backend_accepts_the_flags():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3.0"
+
+
+def test_float32_results_match_with_and_without_the_defaults():
+    # YNNPACK (products, elementwise work, reductions) against XLA's own kernels.
+    code = (
+        "from darts_jax import xla_env; xla_env.configure(); import jax, jax.numpy as jnp; "
+        "x = jax.random.normal(jax.random.PRNGKey(0), (64, 96)); "
+        "w = jax.random.normal(jax.random.PRNGKey(1), (96, 48)); "
+        "f = jax.jit(jax.value_and_grad(lambda w: jnp.tanh(x @ w).mean() + jnp.exp(-w * w).sum())); "
+        "v, g = f(w); print(repr(float(v)), repr(float(jnp.abs(g).sum())))"
+    )
+
+    def run(**env):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "XLA_FLAGS": "", **env},  # not the suite's own flags
+        )
+        return [float(t) for t in out.stdout.split()]
+
+    with_defaults = run()
+    without = run(DARTS_JAX_XLA_DEFAULTS="0")
+    assert with_defaults == pytest.approx(without, rel=1e-5)
 
 
 def test_compilation_cache_folder(tmp_path):
