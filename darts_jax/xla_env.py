@@ -27,8 +27,10 @@ newer kernel library (off by default in jax 0.10.2). One default-network
 gradient pass at batch 16 on this project's 2-core CPU, three alternating
 runs each (BENCHMARKS.md, session 12): 3.45-4.54 s against 4.36-5.23 s, peak
 memory 3.3 GB against 4.0 GB; dot, eltwise or reduce alone gave less.
-YNNPACK runs float32 work; float64 programs (the tests' tight checks) keep
-XLA's own kernels. It only affects the CPU backend; jax 0.11.2 accepts it.
+The test suite's float32 parity checks against PyTorch and its float64
+checks pass with it (``tests/test_xla_env.py`` compares a float32 value and
+gradient with and without it). It only affects the CPU backend; jax 0.11.2
+accepts it too.
 
 Set ``DARTS_JAX_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched; a flag the
 user already set is never overridden.
