@@ -23,10 +23,14 @@ without the defaults.
 
 ``--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce``: XLA:CPU
 hands matrix products, elementwise fusions and reductions to YNNPACK, its
-newer kernel library (off by default in jax 0.10.2). One default-network
-gradient pass at batch 16 on this project's 2-core CPU, three alternating
-runs each (BENCHMARKS.md, session 12): 3.45-4.54 s against 4.36-5.23 s, peak
-memory 3.3 GB against 4.0 GB; dot, eltwise or reduce alone gave less.
+newer kernel library (jax 0.10.2's default hands it less). On this
+project's 2-core CPU (BENCHMARKS.md, session 12), against YNNPACK off (the
+flag set empty): one default-network gradient pass 3.45-4.54 s against
+4.36-5.23 s at batch 16 (three alternating pairs) and 16.1-16.8 s against
+17.1-20.3 s at batch 64 (two pairs); the default second-order step 130.8 s
+to compile and 66.7 s per step against 162.6 s and 70.3 s (one pair); the
+test config's second-order compile peaks at 1.73 GB instead of 2.67 GB. It
+costs memory at the default config: 10.12 GB peak against 8.90 GB.
 The test suite's float32 parity checks against PyTorch and its float64
 checks pass with it (``tests/test_xla_env.py`` compares a float32 value and
 gradient with and without it). It only affects the CPU backend; jax 0.11.2
