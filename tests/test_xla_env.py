@@ -38,7 +38,7 @@ def test_cpu_backend_accepts_the_flags():
 
 
 def test_float32_results_match_with_and_without_the_defaults():
-    # YNNPACK (products, elementwise work, reductions) against XLA's own kernels.
+    # Our defaults (YNNPACK for products, elementwise work, reductions) against jax's own.
     code = (
         "from darts_jax import xla_env; xla_env.configure(); import jax, jax.numpy as jnp; "
         "x = jax.random.normal(jax.random.PRNGKey(0), (64, 96)); "
