@@ -45,7 +45,7 @@ def _peak_memory_gb(jax) -> float:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
         return stats["peak_bytes_in_use"] / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return _host_memory_gb()[0]
 
 
 def _host_memory_gb() -> tuple[float, float | None]:
