@@ -1,0 +1,209 @@
+"""Per-pass timing of the search supernet, darts_jax beside PyTorch: where a search step's time goes.
+
+    python -m darts_jax.bench_passes --config default --torch
+    python -m darts_jax.bench_passes --config test --passes gradient,hvp --reps 3
+
+A second-order search step (``search_passes``) evaluates three loss gradients
+(for the virtual step, on the validation batch at w', for the weight step) and
+one exact Hessian-vector product (``architect.alpha_hvp``). pt.darts's second
+order evaluates the same three gradients and, for the Hessian term, two
+gradients with respect to the alphas alone (its finite difference). This
+benchmark times each kind of pass alone, so a slow step can be traced to one:
+
+    forward         the training-mode loss alone
+    gradient        the loss gradient with respect to weights and alphas
+    alpha_gradient  the loss gradient with respect to the alphas alone
+    hvp             darts_jax: H v, forward over reverse (``architect.alpha_hvp``);
+                    PyTorch: pt.darts's finite difference of the alpha gradient
+                    (two alpha gradients, at w + eps v and w - eps v)
+
+Each (framework, pass) row runs in a fresh child process, so its peak RSS is
+its own; darts_jax rows also report the XLA plan (arguments, outputs and
+temporaries). "s / pass" is the fastest and slowest of ``--reps`` timed calls
+after one warm-up call. Not a test: figures go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from darts_jax import bench
+
+PASSES = ("forward", "gradient", "alpha_gradient", "hvp")
+N_CLASSES = 10
+
+
+def _timed(call, reps: int) -> tuple[float, list[float]]:
+    """Seconds of one warm-up ``call()``, then of each of ``reps`` further calls."""
+    times = []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return times[0], times[1:]
+
+
+def _jax_row(config: str, kind: str, reps: int) -> dict:
+    """One darts_jax pass at ``config``: compile, warm up, time ``reps`` calls."""
+    from darts_jax import xla_env
+
+    xla_env.configure()  # as the training scripts do
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from darts_jax import architect, runs
+    from darts_jax.search_model import SearchNetwork, init_alphas, init_variables
+    from darts_jax.search_step import make_loss_fn
+
+    c, layers, batch, size, channels = bench.SEARCH_CONFIGS[config]
+    model = SearchNetwork(C=c, num_classes=N_CLASSES, layers=layers)
+    alphas = init_alphas(jax.random.PRNGKey(1))
+    variables = init_variables(model, jax.random.PRNGKey(0), (batch, size, size, channels), alphas)
+    loss_fn = make_loss_fn(model)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch, size, size, channels)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, N_CLASSES, (batch,)), jnp.int32)
+    args = (variables["params"], alphas, variables["batch_stats"], images, labels)
+    if kind == "forward":
+        fn = lambda *a: loss_fn(*a)[0]  # noqa: E731
+    elif kind == "gradient":
+        fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    elif kind == "alpha_gradient":
+        fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+    else:  # hvp, along a weight-shaped direction as the step's v' would be
+
+        def fn(params, alphas, batch_stats, images, labels, direction):
+            batch = (images, labels)
+            return architect.alpha_hvp(loss_fn, params, alphas, batch_stats, batch, direction)
+
+        direction = jax.tree_util.tree_map(lambda p: 1e-3 * jnp.ones_like(p), args[0])
+        args = (*args, direction)
+    t = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t
+    runs.free_compiler_memory()  # as the loops do before the first step
+    _, times = _timed(lambda: jax.block_until_ready(compiled(*args)), reps)
+    return {
+        "framework": "jax",
+        "config": config,
+        "pass": kind,
+        "trace_compile_s": round(compile_s, 2),
+        "pass_s_min": round(min(times), 4),
+        "pass_s_max": round(max(times), 4),
+        "peak_mem_gb": round(bench._peak_memory_gb(jax), 2),
+        "planned_gb": bench._planned_memory_gb(compiled),
+        "jax": jax.__version__,
+    }
+
+
+def _torch_row(config: str, kind: str, reps: int) -> dict:
+    """One PyTorch pass of our pt.darts-equivalent network (``interop.torch_ref``)."""
+    import torch
+
+    from darts_jax.interop import torch_ref as tr
+
+    c, layers, batch, size, channels = bench.SEARCH_CONFIGS[config]
+    torch.manual_seed(0)
+    model = tr.SearchCNNController(channels, c, N_CLASSES, layers).train()
+    images = torch.randn(batch, channels, size, size)
+    labels = torch.randint(0, N_CLASSES, (batch,))
+    weights = {n: w.detach() for n, w in model.named_weights()}
+    alphas = dict(model.named_alphas())
+    direction = {n: torch.full_like(w, 1e-3) for n, w in weights.items()}
+    eps = 0.01 / torch.cat([d.reshape(-1) for d in direction.values()]).norm()
+
+    def alpha_gradient(params):
+        loss = tr._loss(model, {**params, **alphas}, images, labels)
+        return torch.autograd.grad(loss, list(alphas.values()))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        if kind == "forward":
+            with torch.no_grad():
+                return model.loss(images, labels)
+        if kind == "gradient":
+            return model.loss(images, labels).backward()
+        if kind == "alpha_gradient":
+            return alpha_gradient(dict(model.named_weights()))
+        shifted = [
+            {n: w + sign * eps * direction[n] for n, w in weights.items()} for sign in (1.0, -1.0)
+        ]
+        g_plus, g_minus = (alpha_gradient(w) for w in shifted)
+        return [(p - m) / (2.0 * eps) for p, m in zip(g_plus, g_minus, strict=True)]
+
+    warmup_s, times = _timed(run, reps)
+    return {
+        "framework": "torch",
+        "config": config,
+        "pass": kind,
+        "warmup_s": round(warmup_s, 2),
+        "pass_s_min": round(min(times), 4),
+        "pass_s_max": round(max(times), 4),
+        "peak_mem_gb": round(bench._host_memory_gb()[0], 2),
+        "torch": torch.__version__,
+    }
+
+
+def _passes(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in PASSES]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown pass {', '.join(unknown) or repr(text)}; choose from {', '.join(PASSES)}"
+        )
+    return kinds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="test", choices=sorted(bench.SEARCH_CONFIGS))
+    parser.add_argument(
+        "--passes", type=_passes, default=list(PASSES), help=f"comma list of {','.join(PASSES)}"
+    )
+    parser.add_argument("--reps", type=int, default=2, help="timed calls after one warm-up call")
+    parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per row")
+    parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
+    parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error(f"--reps must be at least 1, got {args.reps}")
+    if args.child:
+        row_fn = _jax_row if args.child == "jax" else _torch_row
+        print(json.dumps(row_fn(args.config, args.passes[0], args.reps)), flush=True)
+        return 0
+    print(
+        f"{'framework':9} {'config':8} {'pass':14} {'compile s':>9} {'s / pass':>15} "
+        f"{'peak GB':>8} {'XLA GB':>7}",
+        flush=True,
+    )
+    for kind in args.passes:
+        for framework in ("jax", "torch") if args.torch else ("jax",):
+            cmd = [sys.executable, "-m", "darts_jax.bench_passes", "--child", framework]
+            cmd += ["--config", args.config, "--passes", kind, "--reps", str(args.reps)]
+            row = bench._run_child(cmd, args.timeout)
+            if isinstance(row, str):
+                print(f"{framework:9} {args.config:8} {kind:14} {row}", flush=True)
+                continue
+            times = f"{row['pass_s_min']:.3f}-{row['pass_s_max']:.3f}"
+            print(
+                f"{framework:9} {args.config:8} {kind:14} "
+                f"{bench._fmt(row.get('trace_compile_s'), '9.1f')} {times:>15} "
+                f"{row['peak_mem_gb']:>8.2f} {bench._fmt(row.get('planned_gb'), '7.2f')}",
+                flush=True,
+            )
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    from darts_jax import xla_env
+
+    xla_env.restart_with_hugepages()  # as the training scripts; the children inherit it
+    sys.exit(main())
