@@ -11,7 +11,10 @@ gradients with respect to the alphas alone (its finite difference). This
 benchmark times each kind of pass alone, so a slow step can be traced to one:
 
     forward         the training-mode loss alone
-    gradient        the loss gradient with respect to weights and alphas
+    gradient        the loss gradient with respect to weights and alphas (the body
+                    that the step's scanned passes share)
+    weight_gradient the loss gradient with respect to the weights alone (what the
+                    virtual step and the weight step need)
     alpha_gradient  the loss gradient with respect to the alphas alone
     hvp             darts_jax: H v, forward over reverse (``architect.alpha_hvp``);
                     PyTorch: pt.darts's finite difference of the alpha gradient
@@ -32,7 +35,7 @@ import time
 
 from darts_jax import bench
 
-PASSES = ("forward", "gradient", "alpha_gradient", "hvp")
+PASSES = ("forward", "gradient", "weight_gradient", "alpha_gradient", "hvp")
 N_CLASSES = 10
 
 
@@ -72,6 +75,8 @@ def _jax_row(config: str, kind: str, reps: int) -> dict:
         fn = lambda *a: loss_fn(*a)[0]  # noqa: E731
     elif kind == "gradient":
         fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    elif kind == "weight_gradient":
+        fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
     elif kind == "alpha_gradient":
         fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
     else:  # hvp, along a weight-shaped direction as the step's v' would be
@@ -127,6 +132,9 @@ def _torch_row(config: str, kind: str, reps: int) -> dict:
                 return model.loss(images, labels)
         if kind == "gradient":
             return model.loss(images, labels).backward()
+        if kind == "weight_gradient":
+            loss = model.loss(images, labels)
+            return torch.autograd.grad(loss, list(model.weights()))
         if kind == "alpha_gradient":
             return alpha_gradient(dict(model.named_weights()))
         shifted = [
@@ -177,7 +185,7 @@ def main(argv=None) -> int:
         print(json.dumps(row_fn(args.config, args.passes[0], args.reps)), flush=True)
         return 0
     print(
-        f"{'framework':9} {'config':8} {'pass':14} {'compile s':>9} {'s / pass':>15} "
+        f"{'framework':9} {'config':8} {'pass':15} {'compile s':>9} {'s / pass':>15} "
         f"{'peak GB':>8} {'XLA GB':>7}",
         flush=True,
     )
@@ -187,11 +195,11 @@ def main(argv=None) -> int:
             cmd += ["--config", args.config, "--passes", kind, "--reps", str(args.reps)]
             row = bench._run_child(cmd, args.timeout)
             if isinstance(row, str):
-                print(f"{framework:9} {args.config:8} {kind:14} {row}", flush=True)
+                print(f"{framework:9} {args.config:8} {kind:15} {row}", flush=True)
                 continue
             times = f"{row['pass_s_min']:.3f}-{row['pass_s_max']:.3f}"
             print(
-                f"{framework:9} {args.config:8} {kind:14} "
+                f"{framework:9} {args.config:8} {kind:15} "
                 f"{bench._fmt(row.get('trace_compile_s'), '9.1f')} {times:>15} "
                 f"{row['peak_mem_gb']:>8.2f} {bench._fmt(row.get('planned_gb'), '7.2f')}",
                 flush=True,
