@@ -105,57 +105,6 @@ def _jax_row(config: str, kind: str, reps: int) -> dict:
     }
 
 
-def _torch_row(config: str, kind: str, reps: int) -> dict:
-    """One PyTorch pass of our pt.darts-equivalent network (``interop.torch_ref``)."""
-    import torch
-
-    from darts_jax.interop import torch_ref as tr
-
-    c, layers, batch, size, channels = bench.SEARCH_CONFIGS[config]
-    torch.manual_seed(0)
-    model = tr.SearchCNNController(channels, c, N_CLASSES, layers).train()
-    images = torch.randn(batch, channels, size, size)
-    labels = torch.randint(0, N_CLASSES, (batch,))
-    weights = {n: w.detach() for n, w in model.named_weights()}
-    alphas = dict(model.named_alphas())
-    direction = {n: torch.full_like(w, 1e-3) for n, w in weights.items()}
-    eps = 0.01 / torch.cat([d.reshape(-1) for d in direction.values()]).norm()
-
-    def alpha_gradient(params):
-        loss = tr._loss(model, {**params, **alphas}, images, labels)
-        return torch.autograd.grad(loss, list(alphas.values()))
-
-    def run():
-        model.zero_grad(set_to_none=True)
-        if kind == "forward":
-            with torch.no_grad():
-                return model.loss(images, labels)
-        if kind == "gradient":
-            return model.loss(images, labels).backward()
-        if kind == "weight_gradient":
-            loss = model.loss(images, labels)
-            return torch.autograd.grad(loss, list(model.weights()))
-        if kind == "alpha_gradient":
-            return alpha_gradient(dict(model.named_weights()))
-        shifted = [
-            {n: w + sign * eps * direction[n] for n, w in weights.items()} for sign in (1.0, -1.0)
-        ]
-        g_plus, g_minus = (alpha_gradient(w) for w in shifted)
-        return [(p - m) / (2.0 * eps) for p, m in zip(g_plus, g_minus, strict=True)]
-
-    warmup_s, times = _timed(run, reps)
-    return {
-        "framework": "torch",
-        "config": config,
-        "pass": kind,
-        "warmup_s": round(warmup_s, 2),
-        "pass_s_min": round(min(times), 4),
-        "pass_s_max": round(max(times), 4),
-        "peak_mem_gb": round(bench._host_memory_gb()[0], 2),
-        "torch": torch.__version__,
-    }
-
-
 def _passes(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in PASSES]
@@ -176,13 +125,12 @@ def main(argv=None) -> int:
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per row")
     parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
-    parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error(f"--reps must be at least 1, got {args.reps}")
     if args.child:
-        row_fn = _jax_row if args.child == "jax" else _torch_row
-        print(json.dumps(row_fn(args.config, args.passes[0], args.reps)), flush=True)
+        print(json.dumps(_jax_row(args.config, args.passes[0], args.reps)), flush=True)
         return 0
     print(
         f"{'framework':9} {'config':8} {'pass':15} {'compile s':>9} {'s / pass':>15} "
@@ -191,8 +139,12 @@ def main(argv=None) -> int:
     )
     for kind in args.passes:
         for framework in ("jax", "torch") if args.torch else ("jax",):
-            cmd = [sys.executable, "-m", "darts_jax.bench_passes", "--child", framework]
-            cmd += ["--config", args.config, "--passes", kind, "--reps", str(args.reps)]
+            # PyTorch's side lives in interop (the core never imports torch).
+            module = (
+                "darts_jax.bench_passes" if framework == "jax" else "darts_jax.interop.torch_passes"
+            )
+            cmd = [sys.executable, "-m", module, "--config", args.config, "--passes", kind]
+            cmd += ["--reps", str(args.reps)] + (["--child"] if framework == "jax" else [])
             row = bench._run_child(cmd, args.timeout)
             if isinstance(row, str):
                 print(f"{framework:9} {args.config:8} {kind:15} {row}", flush=True)

@@ -41,6 +41,8 @@ def test_jax_row_times_a_compiled_pass_and_reports_its_plan(tmp_path):
 @pytest.mark.usefixtures("torch_one_thread")
 @pytest.mark.parametrize("kind", ["weight_gradient", "hvp"])
 def test_torch_row_times_the_reference_pass(kind):
-    row = bench_passes._torch_row("test", kind, reps=1)
+    from darts_jax.interop import torch_passes
+
+    row = torch_passes.pass_row("test", kind, reps=1)
     assert row["framework"] == "torch" and row["pass"] == kind
     assert 0 < row["pass_s_min"] == row["pass_s_max"]
