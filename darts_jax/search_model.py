@@ -22,6 +22,8 @@ edge order (node 0's inputs, then node 1's, ...), columns in PRIMITIVES order.
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -121,13 +123,29 @@ def mixed_edges(params, x_scnhw: jax.Array, weights_mso: jax.Array, stride: int,
     dil = conv_pair("dil_convs", x_relu)
     terms["sep_conv_3x3"], terms["sep_conv_5x5"] = sep[0], sep[1]
     terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[0], dil[1]
+
     # `none` contributes exactly zero and is left out of the sum; its alpha
     # still matters through the softmax normalisation.
-    out = None
-    for name, term in terms.items():
-        term = term * weights_mso[:, :, _OP_INDEX[name], None, None, None, None]
-        out = term if out is None else out + term
+    def weighted(name, term, target=slice(None)):
+        return term * weights_mso[target, :, _OP_INDEX[name], None, None, None, None]
+
+    n_targets = weights_mso.shape[0]
+    shared = {n: t[0] for n, t in terms.items() if t.shape[0] == 1 and n_targets > 1}
+    out = sum_terms(weighted(name, term) for name, term in terms.items() if name not in shared)
+    if shared:
+        # A term shared by the M targets is weighted per target in a loop rather
+        # than broadcast over M: its gradient is then a sum of M products, which
+        # XLA:CPU fuses elementwise, where a broadcast's gradient is a reduction
+        # over the leading M axis that YNNPACK runs several times slower.
+        out = out + jnp.stack(
+            [sum_terms(weighted(n, t, m) for n, t in shared.items()) for m in range(n_targets)]
+        )
     return out
+
+
+def sum_terms(terms) -> jax.Array:
+    """The sum of an iterable of arrays, as a chain of adds (no reduction)."""
+    return functools.reduce(operator.add, terms)
 
 
 def batch_norm_fn(train: bool, running, record):
@@ -401,7 +419,8 @@ class SearchCell(nn.Module):
         # Edges from the two cell inputs, to every node: rows offset(i) + s.
         rows = np.array([[offsets[i] + s for s in range(2)] for i in range(n)])
         mixed = self.input_edges(jnp.stack([p0, p1]), weights_edge_op[rows], train)
-        nodes = self.node_edges(mixed.sum(axis=1), weights_edge_op, train)
+        # The two inputs' edges added, not reduced: see ``mixed_edges``.
+        nodes = self.node_edges(mixed[:, 0] + mixed[:, 1], weights_edge_op, train)
         return nodes.reshape(n * self.features, *nodes.shape[2:])  # the nodes concatenated
 
 

@@ -271,3 +271,55 @@ def test_scanned_cells_of_three_and_after_a_wide_stem():
     assert len(results[0]) == len(results[1]) > 100
     for want, got in zip(*results, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs nested in its equations."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_shared_ops_are_weighted_per_target_without_a_reduction():
+    """Pools and the identity run once per source and are weighted per target
+    (M = 3 targets, S = 2 sources): the values match the ops written out, and the
+    input gradient adds the M weighted terms instead of reducing over the leading
+    target axis (a reduction XLA:CPU's YNNPACK runs several times slower)."""
+    x_snhwc = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 8, 8, 4))
+    x_scnhw = jnp.transpose(x_snhwc, (0, 4, 1, 2, 3))
+    shared_ops = ["max_pool_3x3", "avg_pool_3x3", "skip_connect"]
+    rng = np.random.default_rng(0)
+    weights = np.zeros((3, 2, len(PRIMITIVES)), np.float32)
+    for op in shared_ops:
+        weights[:, :, PRIMITIVES.index(op)] = rng.uniform(0.1, 1.0, (3, 2))
+    mixed = MixedEdges(n_targets=3, stride=1)
+    variables = mixed.init(jax.random.PRNGKey(1), x_scnhw, weights, train=True)
+
+    def apply(x):
+        return mixed.apply(variables, x, weights, train=True, mutable=["batch_stats"])[0]
+
+    out = jax.jit(apply)(x_scnhw)
+    assert out.shape == (3, 2, 4, 2, 8, 8)
+    for m in range(3):
+        for s in range(2):
+            want = sum(
+                weights[m, s, PRIMITIVES.index(op)] * _expected(op, None, x_snhwc[s], 1)
+                for op in shared_ops
+            )
+            got = jnp.transpose(out[m, s], (1, 2, 3, 0))
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"{m}, {s}")
+
+    gradient = jax.make_jaxpr(jax.grad(lambda x: apply(x).sum()))(x_scnhw)
+    over_targets = [
+        eqn
+        for eqn in _equations(gradient.jaxpr)
+        if eqn.primitive.name == "reduce_sum"
+        and 0 in eqn.params["axes"]
+        and eqn.invars[0].aval.shape[:1] == (3,)
+        and eqn.outvars[0].aval.ndim > 0  # not the loss's sum
+    ]
+    assert not over_targets, over_targets
