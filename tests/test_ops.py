@@ -111,6 +111,51 @@ def test_max_pool_pads_with_minus_infinity():
     assert ops.max_pool_3x3(x, 2).shape == (1, 2, 2, 1)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("features_first", [False, True])
+def test_pools_match_reduce_window_with_gradients(stride, features_first):
+    """The shifted-slice pools equal ``lax.reduce_window`` pools (odd and even
+    sizes): values, gradients and a Hessian-vector product, in float64."""
+    with jax.enable_x64():
+        x_nhwc = jax.random.normal(jax.random.PRNGKey(3), (2, 7, 6, 3), jnp.float64)
+        x = jnp.transpose(x_nhwc, (3, 0, 1, 2)) if features_first else x_nhwc
+        window, strides, padding = ops._pool_window(x, stride, features_first)
+
+        def reference_max(x):
+            return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)
+
+        def reference_avg(x):
+            summed = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
+            count = lax.reduce_window(jnp.ones_like(x), 0.0, lax.add, window, strides, padding)
+            return summed / count
+
+        pools = [
+            (lambda x: ops.max_pool_3x3(x, stride, features_first), reference_max),
+            (lambda x: ops.avg_pool_3x3(x, stride, features_first), reference_avg),
+        ]
+        tangent = jax.random.normal(jax.random.PRNGKey(4), x.shape, jnp.float64)
+        for pool, reference in pools:
+            np.testing.assert_allclose(pool(x), reference(x), rtol=1e-12)
+            grads = [jax.grad(lambda x, f=f: jnp.sum(jnp.sin(f(x)))) for f in (pool, reference)]
+            np.testing.assert_allclose(grads[0](x), grads[1](x), rtol=1e-10, atol=1e-12)
+            hvps = [jax.jvp(g, (x,), (tangent,))[1] for g in grads]
+            np.testing.assert_allclose(hvps[0], hvps[1], rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool_derivative_takes_the_first_maximum_of_a_window():
+    """Ties go to the window's first maximum, row-major (PyTorch's choice); the
+    padding never wins."""
+    x = jnp.zeros((1, 3, 4, 1)).at[0, 2, 3, 0].set(-1.0)
+    grad = jax.grad(lambda x: ops.max_pool_3x3(x, 2).sum())(x)[0, :, :, 0]
+    # Windows of the 2x2 output start at rows/columns -1 and 1; each counts once.
+    want = np.zeros((3, 4))
+    want[0, 0] = want[0, 1] = want[1, 0] = want[1, 1] = 1.0
+    np.testing.assert_array_equal(grad, want)
+    tangent = jnp.arange(12.0).reshape(x.shape)
+    _, dy = jax.jvp(lambda x: ops.max_pool_3x3(x, 2), (x,), (tangent,))
+    np.testing.assert_array_equal(dy[0, :, :, 0], [[0.0, 1.0], [4.0, 5.0]])
+
+
 def test_batch_norm_matches_torch_semantics():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(3.0, 2.0, size=(4, 3, 3, 5)))
