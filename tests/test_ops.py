@@ -114,8 +114,9 @@ def test_max_pool_pads_with_minus_infinity():
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("features_first", [False, True])
 def test_pools_match_reduce_window_with_gradients(stride, features_first):
-    """The shifted-slice pools equal ``lax.reduce_window`` pools (odd and even
-    sizes): values, gradients and a Hessian-vector product, in float64."""
+    """Both pools (the stride-1 average pool runs as shifted slices) equal plain
+    ``lax.reduce_window`` pools, odd and even sizes: values, gradients and a
+    Hessian-vector product, in float64."""
     with jax.enable_x64():
         x_nhwc = jax.random.normal(jax.random.PRNGKey(3), (2, 7, 6, 3), jnp.float64)
         x = jnp.transpose(x_nhwc, (3, 0, 1, 2)) if features_first else x_nhwc
