@@ -180,8 +180,13 @@ def depthwise_conv_matmul(
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array, features_first: bool = False) -> jax.Array:
     """1x1 convolution: contracts the channel axis. kernel: (*F[:-1], C_in, C_out)."""
-    if features_first:  # kernel first: the product's output is already (..., O, N, H, W)
-        return jnp.einsum("...co,...cnhw->...onhw", kernel, x)
+    if features_first:
+        # Kernel first, so the product's output is already (..., O, N, H, W); the
+        # pixels flattened into one axis (a free reshape), so that JAX's gradient
+        # products are 2-D swaps that XLA folds instead of copying whole activations.
+        *features, c, n, h, w = x.shape
+        y = jnp.einsum("...co,...cp->...op", kernel, x.reshape(*features, c, n * h * w))
+        return y.reshape(*y.shape[:-1], n, h, w)
     return jnp.einsum("nhw...c,...co->nhw...o", x, kernel)
 
 

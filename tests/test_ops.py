@@ -1,3 +1,6 @@
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,6 +263,41 @@ def test_pointwise_conv_is_a_per_edge_matmul():
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     np.testing.assert_allclose(y[:, :, :, 2], conv, rtol=1e-5)
+
+
+def _activation_copies(hlo: str, min_elements: int) -> list[str]:
+    """Stand-alone fusions of optimized HLO that only copy or transpose an array of
+    at least ``min_elements``: memory traffic that computes nothing."""
+    bodies = dict(re.findall(r"\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    found = []
+    for line in hlo.splitlines():
+        m = re.search(r"= \w+\[([\d,]*)\][^ ]* fusion\(.*kind=kLoop, calls=%?([\w.\-]+)", line)
+        if not m or math.prod(int(d) for d in m.group(1).split(",") if d) < min_elements:
+            continue
+        ops_used = set(re.findall(r"\s([a-z\-]+)\(", bodies.get(m.group(2), "")))
+        if ops_used <= {"parameter", "copy", "transpose", "bitcast"}:
+            found.append(line.strip())
+    return found
+
+
+def test_features_first_pointwise_gradient_copies_no_activation():
+    """The features-first 1x1 conv flattens the pixels, so XLA folds the transposes
+    of JAX's gradient products into the products. Written over (N, H, W) axes its
+    gradient copied three activation-sized arrays (cotangent in, input gradient
+    out, input for the kernel gradient); at the default config that made one
+    gradient pass 5-10 % slower and compile 5-10 s longer (BENCHMARKS.md, session 15)."""
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 4, 4, 8, 8)  # (M, S, C, N, H, W)
+    x, r = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
+    pw = jnp.asarray(rng.normal(size=(2, 3, 4, 4)).astype(np.float32))
+
+    def loss(x, pw):
+        return jnp.sum(jax.nn.relu(ops.pointwise_conv(x, pw, True)) * r)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, pw).compile().as_text()
+    assert _activation_copies(hlo, math.prod(shape[-4:])) == []
+    want = jnp.einsum("mscd,mscnhw->msdnhw", pw, x)
+    np.testing.assert_allclose(ops.pointwise_conv(x, pw, True), want, rtol=1e-5, atol=1e-5)
 
 
 def _to_features_first(x_nhwc):
