@@ -284,8 +284,9 @@ def test_features_first_pointwise_gradient_copies_no_activation():
     """The features-first 1x1 conv flattens the pixels, so XLA folds the transposes
     of JAX's gradient products into the products. Written over (N, H, W) axes its
     gradient copied three activation-sized arrays (cotangent in, input gradient
-    out, input for the kernel gradient); at the default config that made one
-    gradient pass 5-10 % slower and compile 5-10 s longer (BENCHMARKS.md, session 15)."""
+    out, input for the kernel gradient); at the default config that made a
+    gradient pass 3-11 % slower and its compile 4-13 s longer (BENCHMARKS.md,
+    session 15)."""
     rng = np.random.default_rng(0)
     shape = (2, 3, 4, 4, 8, 8)  # (M, S, C, N, H, W)
     x, r = (jnp.asarray(rng.normal(size=shape).astype(np.float32)) for _ in range(2))
