@@ -5,6 +5,7 @@
     python -m darts_jax.bench --config default --order second --steps 0   # compile only
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     python -m darts_jax.bench --config default --order second --remat cells   # less memory
+    python -m darts_jax.bench --config default --order second --remat hvp   # less, and faster
     python -m darts_jax.bench --config default --order second --cells_one_by_one   # no cell loop
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
@@ -77,7 +78,7 @@ def _search_setup(
     import numpy as np
 
     from darts_jax import optim
-    from darts_jax.search_model import SearchNetwork, remat_cells_for
+    from darts_jax.search_model import SearchNetwork, hvp_remat_cells_for, remat_cells_for
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
     c, layers, batch, size, channels = SEARCH_CONFIGS[config]
@@ -93,9 +94,10 @@ def _search_setup(
     w_tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
     a_tx = optim.alpha_optimizer(3e-4, 1e-3)
     state = create_state(model, jax.random.PRNGKey(0), (batch, size, size, channels), w_tx, a_tx)
-    step = make_train_step(
-        model, w_tx, a_tx, schedule, _scale, Hyper(order, scan_passes=scan_passes)
+    hyper = Hyper(
+        order, scan_passes=scan_passes, hvp_remat_cells=hvp_remat_cells_for(remat, layers)
     )
+    step = make_train_step(model, w_tx, a_tx, schedule, _scale, hyper)
     rng = np.random.default_rng(0)
     arrays = {
         "train_images": _random_images(rng, batch, size, channels),
@@ -278,7 +280,8 @@ def main(argv=None) -> int:
         default="none",
         choices=REMAT_MODES,
         help="search: 'cells' recomputes the cells before the last reduction cell in the "
-        "backward pass (train_search.py --remat)",
+        "backward pass, 'hvp' the first stage's cells inside the Hessian-vector product "
+        "(train_search.py --remat)",
     )
     parser.add_argument(
         "--cells_one_by_one",

@@ -28,7 +28,12 @@ from darts_jax import (
 )
 from darts_jax.config import SearchConfig, UsageError
 from darts_jax.metrics import masked_sums
-from darts_jax.search_model import SearchNetwork, count_params, remat_cells_for
+from darts_jax.search_model import (
+    SearchNetwork,
+    count_params,
+    hvp_remat_cells_for,
+    remat_cells_for,
+)
 from darts_jax.search_step import Hyper, create_state, make_train_step
 
 
@@ -89,6 +94,16 @@ def build_model(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
     )
 
 
+def build_hyper(cfg: SearchConfig) -> Hyper:
+    """The search step's static settings the flags describe."""
+    return Hyper(
+        cfg.alpha_grad,
+        cfg.w_momentum,
+        cfg.w_weight_decay,
+        hvp_remat_cells=hvp_remat_cells_for(cfg.remat, cfg.layers),
+    )
+
+
 def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     """Runs (or resumes) a search and returns the best epoch's genotype."""
     out = os.path.join(cfg.out_dir, cfg.name)
@@ -116,10 +131,16 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         state = import_torch_search(cfg, model, state, w_tx, a_tx)
         logger.info(f"Initialised from {cfg.init_from} ({cfg.init_layout})")
     state = parallel.put(state, par.replicated)
+    hyper = build_hyper(cfg)
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
         f"alpha gradient: {cfg.alpha_grad}"
         + (f", cells {list(model.remat_cells)} rematerialised" if model.remat_cells else "")
+        + (
+            f", cells {list(hyper.hvp_remat_cells)} rematerialised in the Hessian-vector product"
+            if hyper.hvp_remat_cells != model.remat_cells and cfg.alpha_grad == "second"
+            else ""
+        )
     )
 
     ckpts = checkpoint.Checkpoints(ckpt_dir)
@@ -139,7 +160,7 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             a_tx,
             schedule,
             train_aug,
-            Hyper(cfg.alpha_grad, cfg.w_momentum, cfg.w_weight_decay),
+            hyper,
         ),
         in_shardings=(par.replicated, par.data),
         out_shardings=(par.replicated, par.replicated),

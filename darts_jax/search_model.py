@@ -428,8 +428,10 @@ def reduction_indices(layers: int) -> tuple[int, int]:
     return (layers // 3, 2 * layers // 3)
 
 
-# --remat: "cells" rematerialises ``early_cells`` (``remat_cells_for``).
-REMAT_MODES = ("none", "cells")
+# --remat: "cells" rematerialises ``early_cells`` in every gradient pass
+# (``remat_cells_for``); "hvp" rematerialises ``first_stage_cells`` inside the
+# exact Hessian-vector product only (``hvp_remat_cells_for``).
+REMAT_MODES = ("none", "cells", "hvp")
 
 
 def early_cells(layers: int) -> tuple[int, ...]:
@@ -443,11 +445,37 @@ def early_cells(layers: int) -> tuple[int, ...]:
     return tuple(range(reduction_indices(layers)[1]))
 
 
-def remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:
-    """The cells the ``--remat`` mode rematerialises: 'none' none, 'cells' ``early_cells``."""
+def first_stage_cells(layers: int) -> tuple[int, ...]:
+    """The normal cells before the first reduction cell: those with the largest states
+    (at the default 8 layers cells 0 and 1, one cell loop)."""
+    return tuple(range(reduction_indices(layers)[0]))
+
+
+def _check_remat_mode(mode: str) -> None:
     if mode not in REMAT_MODES:
         raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
+
+
+def remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:
+    """The cells the ``--remat`` mode rematerialises in every gradient pass:
+    'cells' ``early_cells``, 'none' and 'hvp' none."""
+    _check_remat_mode(mode)
     return early_cells(layers) if mode == "cells" else ()
+
+
+def hvp_remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:
+    """The cells the ``--remat`` mode rematerialises inside the exact Hessian-vector
+    product (``search_step.Hyper.hvp_remat_cells``): 'hvp' ``first_stage_cells``,
+    else those of every pass (``remat_cells_for``).
+
+    The product's program sets the second-order step's peak (its forward keeps
+    tangents beside the values): at the default config, CPU, recomputing cells 0
+    and 1 there took XLA's plan from 7.99 to 7.00 GB and the peak from 10.2 to
+    9.25 GB for 1.4-7.4 s more per step (two alternating pairs; BENCHMARKS.md,
+    session 16).
+    """
+    _check_remat_mode(mode)
+    return first_stage_cells(layers) if mode == "hvp" else remat_cells_for(mode, layers)
 
 
 def cell_groups(layers: int, remat_cells: tuple[int, ...] = ()) -> tuple[tuple[int, ...], ...]:

@@ -88,9 +88,14 @@ def scanned(
     val_batch,
     virtual: architect.VirtualStep,
     num_classes: int,
+    hvp_loss_fn: Callable | None = None,
 ) -> StepResult:
     """The alpha step (``mode`` in ``architect.MODES``) and the weight step's gradient
     at the updated alphas, as one scan over gradient passes.
+
+    ``hvp_loss_fn``: the loss whose Hessian-vector product the exact second order
+    takes (default ``loss_fn``): the same values, e.g. from a network that
+    rematerialises more cells there (``--remat hvp``).
 
     Equal to ``written_out`` (tests check it, float64): the same alpha step
     and weight gradient; BN statistics of all but the weight pass are
@@ -137,7 +142,9 @@ def scanned(
 
     def exact(inp, carry, out):  # validation batch at w'
         (val_loss, _), (v_w, d_alpha) = out
-        hvp = architect.alpha_hvp(loss_fn, params, alphas, batch_stats, train_batch, v_w)
+        hvp = architect.alpha_hvp(
+            hvp_loss_fn or loss_fn, params, alphas, batch_stats, train_batch, v_w
+        )
         return alpha_step(carry, architect.second_order_combine(d_alpha, hvp, virtual.xi), val_loss)
 
     def fd_plus(inp, carry, out):  # validation batch at w'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,6 +36,10 @@ class Hyper(NamedTuple):
     # Second order and fd: run the loss-gradient passes as one scanned body
     # (``search_passes``: a smaller program, less memory); False writes them out.
     scan_passes: bool = True
+    # The cells the exact Hessian-vector product's network rematerialises
+    # (scanned second order; ``search_model.hvp_remat_cells_for``); None: the
+    # model's own ``remat_cells``.
+    hvp_remat_cells: tuple[int, ...] | None = None
 
 
 def make_loss_fn(model: SearchNetwork) -> Callable:
@@ -93,6 +98,15 @@ def make_train_step(
     if hyper.alpha_grad not in architect.MODES:
         raise ValueError(f"alpha_grad must be one of {architect.MODES}, got {hyper.alpha_grad!r}")
     loss_fn = make_loss_fn(model)
+    hvp_loss_fn = loss_fn
+    if hyper.hvp_remat_cells is not None and tuple(hyper.hvp_remat_cells) != tuple(
+        model.remat_cells
+    ):
+        hvp_loss_fn = make_loss_fn(model.clone(remat_cells=tuple(hyper.hvp_remat_cells)))
+    if hyper.scan_passes and hyper.alpha_grad != "first":
+        passes = functools.partial(search_passes.scanned, hvp_loss_fn=hvp_loss_fn)
+    else:
+        passes = search_passes.written_out
 
     def step(state: SearchState, batch) -> tuple[SearchState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -106,11 +120,6 @@ def make_train_step(
             momentum_buffer=optim.momentum_buffer(state.w_opt_state),
             momentum=hyper.w_momentum,
             weight_decay=hyper.w_weight_decay,
-        )
-        passes = (
-            search_passes.scanned
-            if hyper.scan_passes and hyper.alpha_grad != "first"
-            else search_passes.written_out
         )
         r = passes(
             hyper.alpha_grad,

@@ -12,6 +12,8 @@ from darts_jax.search_model import (
     cell_groups,
     count_params,
     early_cells,
+    first_stage_cells,
+    hvp_remat_cells_for,
     init_alphas,
     init_variables,
     remat_cells_for,
@@ -201,6 +203,13 @@ def test_early_cells_stop_at_the_last_reduction_cell():
     assert early_cells(5) == (0, 1, 2)  # reduction cells 1 and 3
     assert early_cells(3) == (0, 1)
     assert remat_cells_for("cells", 8) == early_cells(8) and remat_cells_for("none", 8) == ()
+    assert first_stage_cells(8) == (0, 1) and first_stage_cells(5) == (0,)
+    assert remat_cells_for("hvp", 8) == () and hvp_remat_cells_for("hvp", 8) == (0, 1)
+    assert (
+        hvp_remat_cells_for("cells", 8) == early_cells(8) and hvp_remat_cells_for("none", 8) == ()
+    )
+    with pytest.raises(ValueError, match="unknown remat mode .all.; choose one of"):
+        hvp_remat_cells_for("all", 8)
     with pytest.raises(ValueError, match="unknown remat mode .all.; choose one of"):
         remat_cells_for("all", 8)
     model = SearchNetwork(C=4, num_classes=5, layers=3, n_nodes=2, remat_cells=(3,))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_search import alpha_problem, step_case
 
-from darts_jax import architect, optim, search_passes
+from darts_jax import architect, optim, search_model, search_passes
 from darts_jax.search_step import SearchState
 
 tree_map = jax.tree_util.tree_map
@@ -79,4 +79,27 @@ def test_search_step_scanned_or_written_out_gives_the_same_state():
             out[scan] = (state, metrics)
     assert isinstance(out[True][0], SearchState)
     for a, b in zip(*(jax.tree_util.tree_leaves(out[k]) for k in (True, False)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_hvp_remat_cells_rematerialise_inside_the_product_only(monkeypatch):
+    """``Hyper.hvp_remat_cells`` (``--remat hvp``): the exact Hessian-vector product
+    runs on a network that recomputes those cells (one traced rule: the product's;
+    the gradient passes' network stays plain), and the step's state and metrics
+    equal the plain step's (float64)."""
+    traced = []
+    rematerialised_cell = search_model.rematerialised_cell
+
+    def spy(*args, **kwargs):
+        traced.append(args[2])  # the cell's name
+        return rematerialised_cell(*args, **kwargs)
+
+    monkeypatch.setattr(search_model, "rematerialised_cell", spy)
+    out = {}
+    with jax.enable_x64(True):
+        for cells in (None, (0,)):
+            step, state, batch = step_case("second", jnp.float64, layers=1, hvp_remat_cells=cells)
+            out[cells] = jax.jit(step)(state, batch)
+            assert traced == ([] if cells is None else ["cell0"])
+    for a, b in zip(*(jax.tree_util.tree_leaves(out[k]) for k in out), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)

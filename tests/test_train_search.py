@@ -101,5 +101,11 @@ def test_remat_flag_builds_a_rematerialised_network():
     cfg = config.parse_args(["--name", "r", "--dataset", "digits", "--remat", "cells"])
     model = search_loop.build_model(cfg, num_classes=10)
     assert model.remat_cells == (0, 1, 2, 3, 4) and model.C == 16 and model.layers == 8
+    assert search_loop.build_hyper(cfg).hvp_remat_cells == (0, 1, 2, 3, 4)
     default = config.parse_args(["--name", "r", "--dataset", "digits"])
     assert not search_loop.build_model(default, num_classes=10).remat_cells
+    assert search_loop.build_hyper(default).hvp_remat_cells == ()
+    # --remat hvp: a plain network; the first stage's cells recomputed inside H v only
+    hvp = config.parse_args(["--name", "r", "--dataset", "digits", "--remat", "hvp"])
+    assert not search_loop.build_model(hvp, num_classes=10).remat_cells
+    assert search_loop.build_hyper(hvp).hvp_remat_cells == (0, 1)

@@ -11,7 +11,7 @@ from darts_jax.search_step import Hyper, create_state, make_loss_fn, make_train_
 tree_map = jax.tree_util.tree_map
 
 
-def step_case(order, dtype, scan_passes=True, layers=3):
+def step_case(order, dtype, scan_passes=True, layers=3, hvp_remat_cells=None):
     """(step, state, batch): a search step on a 2-node supernet, batch 8 of 8x8x1."""
     model = SearchNetwork(C=4, num_classes=10, layers=layers, n_nodes=2)
     schedule = optim.epoch_cosine_schedule(0.025, 0.001, 2, 4)
@@ -29,7 +29,7 @@ def step_case(order, dtype, scan_passes=True, layers=3):
         "train_labels": rng.integers(0, 10, 8).astype(np.int32),
         "val_labels": rng.integers(0, 10, 8).astype(np.int32),
     }
-    hyper = Hyper(order, scan_passes=scan_passes)
+    hyper = Hyper(order, scan_passes=scan_passes, hvp_remat_cells=hvp_remat_cells)
     return make_train_step(model, w_tx, a_tx, schedule, augment, hyper), state, batch
 
 
