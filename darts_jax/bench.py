@@ -5,7 +5,7 @@
     python -m darts_jax.bench --config default --order second --steps 0   # compile only
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     python -m darts_jax.bench --config default --order second --remat cells   # less memory
-    python -m darts_jax.bench --config default --order second --remat hvp   # less, and faster
+    python -m darts_jax.bench --config default --order second --remat hvp   # less memory, inside H v only
     python -m darts_jax.bench --config default --order second --cells_one_by_one   # no cell loop
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'

@@ -98,11 +98,9 @@ def make_train_step(
     if hyper.alpha_grad not in architect.MODES:
         raise ValueError(f"alpha_grad must be one of {architect.MODES}, got {hyper.alpha_grad!r}")
     loss_fn = make_loss_fn(model)
-    hvp_loss_fn = loss_fn
-    if hyper.hvp_remat_cells is not None and tuple(hyper.hvp_remat_cells) != tuple(
-        model.remat_cells
-    ):
-        hvp_loss_fn = make_loss_fn(model.clone(remat_cells=tuple(hyper.hvp_remat_cells)))
+    hvp_loss_fn, hvp_cells = loss_fn, hyper.hvp_remat_cells
+    if hvp_cells is not None and tuple(hvp_cells) != tuple(model.remat_cells):
+        hvp_loss_fn = make_loss_fn(model.clone(remat_cells=tuple(hvp_cells)))
     if hyper.scan_passes and hyper.alpha_grad != "first":
         passes = functools.partial(search_passes.scanned, hvp_loss_fn=hvp_loss_fn)
     else:
