@@ -117,6 +117,23 @@ def _column_taps(k: int, width: int, stride: int, dilation: int) -> np.ndarray:
     return taps
 
 
+def _shifted_rows(x: jax.Array, start: int, stride: int, count: int, axis: int) -> jax.Array:
+    """Rows start, start + stride, ... (``count`` of them) of x along ``axis``, zero
+    where they fall outside x: one slice and one pad of x, not a slice of a
+    padded copy (which XLA:CPU materialises once per call)."""
+    size = x.shape[axis]
+    first = max(0, -(start // stride))  # first row inside x
+    end = min(count, (size - 1 - start) // stride + 1)  # one past the last inside x
+    if end <= first:
+        return jnp.zeros(x.shape[:axis] + (count,) + x.shape[axis + 1 :], x.dtype)
+    inside = lax.slice_in_dim(
+        x, start + first * stride, start + (end - 1) * stride + 1, stride, axis
+    )
+    padding = [(0, 0, 0)] * x.ndim
+    padding[axis] = (first, count - end, 0)
+    return lax.pad(inside, jnp.zeros((), x.dtype), padding)
+
+
 # Einsum letters of the feature axes (none of n, y, z, w, v, used below).
 _FEATURE_LETTERS = "abcdefghijklm"
 
@@ -162,12 +179,8 @@ def depthwise_conv_matmul(
         band = jnp.einsum(f"yj{f_all},jwv->{f_all}ywv", kernel, taps.astype(kernel.dtype))
         x_fnhw = x if features_first else jnp.transpose(x, tuple(range(3, x.ndim)) + (0, 1, 2))
         rows_axis = x_fnhw.ndim - 2
-        x_fnhw = jnp.pad(x_fnhw, ((0, 0),) * rows_axis + ((pad, pad), (0, 0)))
         rows = [
-            lax.slice_in_dim(
-                x_fnhw, i * dilation, i * dilation + stride * (h_out - 1) + 1, stride, rows_axis
-            )
-            for i in range(k)
+            _shifted_rows(x_fnhw, i * dilation - pad, stride, h_out, rows_axis) for i in range(k)
         ]
         rows = jnp.stack(rows, rows_axis + 1)  # (*F_x, N, H', k, W)
         y = jnp.einsum(f"{f_x}nzyw,{f_all}ywv->{f_all}nzv", rows, band)

@@ -301,6 +301,33 @@ def test_features_first_pointwise_gradient_copies_no_activation():
     np.testing.assert_allclose(ops.pointwise_conv(x, pw, True), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (1, 2), (2, 1)])
+def test_depthwise_matmul_makes_no_padded_copy_of_its_input(stride, dilation):
+    """Each of the k row-shifted views is one slice and one small pad of the input,
+    fused into the stacking. Built as slices of a zero-padded copy, XLA:CPU
+    materialised that copy in every call and padded the input gradient the same
+    way (about 2 % of the search step's fusions; the default config's
+    second-order compile 6 s longer, BENCHMARKS.md session 17)."""
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 4, 3, 8, 6)  # (M, S, C, N, H, W), features first
+    x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(5, 5, 2, 3, 4)).astype(np.float32))
+    padded_rows = shape[-2] + 2 * ops.same_padding(5, dilation)
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(ops.depthwise_conv_matmul(x, kernel, stride, dilation, True)))
+
+    for fn in (loss, jax.grad(loss, argnums=(0, 1))):
+        hlo = jax.jit(fn).lower(x, kernel).compile().as_text()
+        entry = hlo[hlo.index("ENTRY") :]
+        arrays = re.findall(r"= f32\[([\d,]+)\]", entry)
+        padded = [a for a in arrays if a.split(",")[-2:] == [str(padded_rows), str(shape[-1])]]
+        assert padded == []
+    want = ops.depthwise_conv_grouped(x, kernel, stride, dilation, True)
+    got = ops.depthwise_conv_matmul(x, kernel, stride, dilation, True)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def _to_features_first(x_nhwc):
     return jnp.moveaxis(x_nhwc, (0, 1, 2), (-3, -2, -1))
 
