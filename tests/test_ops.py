@@ -306,8 +306,7 @@ def test_depthwise_matmul_makes_no_padded_copy_of_its_input(stride, dilation):
     """Each of the k row-shifted views is one slice and one small pad of the input,
     fused into the stacking. Built as slices of a zero-padded copy, XLA:CPU
     materialised that copy in every call and padded the input gradient the same
-    way (about 2 % of the search step's fusions; the default config's
-    second-order compile 6 s longer, BENCHMARKS.md session 17)."""
+    way (about 2 % of the search step's fusions, BENCHMARKS.md session 17)."""
     rng = np.random.default_rng(0)
     shape = (2, 3, 4, 3, 8, 6)  # (M, S, C, N, H, W), features first
     x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
