@@ -237,7 +237,62 @@ def _pool_3x3_shifted(x: jax.Array, stride: int, features_first: bool, combine, 
 
 
 def max_pool_3x3(x: jax.Array, stride: int, features_first: bool = False) -> jax.Array:
+    """3x3 max pool, padding 1.
+
+    A second derivative through ``reduce_window`` max gathers a tangent at each
+    window's maximum (``select_and_gather_add``). On GPUs JAX lowers that by
+    packing value and tangent into one 64-bit word, which fits float32 pairs
+    exactly but truncates float64 ones to 32 bits each: the float64 parity
+    check's exact alpha gradient was then off by 5e-8 relative on an H200
+    (BENCHMARKS.md, session 18). So float64 on GPUs takes ``_max_pool_3x3_exact``,
+    whose derivatives are exact in any precision; float32 and the CPU keep
+    the reduce_window (exact there, and lighter in the Hessian-vector product).
+    """
+    if jnp.dtype(x.dtype).itemsize > 4 and jax.default_backend() == "gpu":
+        return _max_pool_3x3_exact(x, stride, features_first)
+    return _max_pool_3x3_window(x, stride, features_first)
+
+
+def _max_pool_3x3_window(x: jax.Array, stride: int, features_first: bool) -> jax.Array:
     return lax.reduce_window(x, -jnp.inf, lax.max, *_pool_window(x, stride, features_first))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _max_pool_3x3_exact(x: jax.Array, stride: int, features_first: bool) -> jax.Array:
+    """The max pool with a tangent rule that picks each window's first maximum by
+    comparisons: linear in the tangent, so every higher derivative is exact."""
+    return _max_pool_3x3_window(x, stride, features_first)
+
+
+@_max_pool_3x3_exact.defjvp
+def _max_pool_3x3_exact_jvp(stride, features_first, primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    pooled = _max_pool_3x3_exact(x, stride, features_first)
+    return pooled, _at_first_max(x, pooled, x_dot, stride, features_first)
+
+
+def _at_first_max(
+    x: jax.Array, pooled: jax.Array, values: jax.Array, stride: int, features_first: bool
+):
+    """``values`` at each 3x3 window's first maximum of ``x`` (row-major window
+    order, as PyTorch's max pool and XLA's select_and_scatter choose on ties)."""
+    axes = (x.ndim - 2, x.ndim - 1) if features_first else (1, 2)
+    widths = [(1, 1) if a in axes else (0, 0) for a in range(x.ndim)]
+    x_padded = jnp.pad(x, widths, constant_values=-jnp.inf)
+    values_padded = jnp.pad(values, widths)
+    taken = jnp.zeros(pooled.shape, bool)
+    picked = jnp.zeros(pooled.shape, values.dtype)
+    for di in range(3):
+        for dj in range(3):
+            start = [0] * x.ndim
+            start[axes[0]], start[axes[1]] = di, dj
+            limit = [start[a] + stride * (pooled.shape[a] - 1) + 1 for a in range(x.ndim)]
+            limit = [limit[a] if a in axes else x.shape[a] for a in range(x.ndim)]
+            steps = [stride if a in axes else 1 for a in range(x.ndim)]
+            hit = (lax.slice(x_padded, start, limit, steps) == pooled) & ~taken
+            picked = jnp.where(hit, lax.slice(values_padded, start, limit, steps), picked)
+            taken = taken | hit
+    return picked
 
 
 @functools.lru_cache(maxsize=64)

@@ -135,29 +135,76 @@ def test_pools_match_reduce_window_with_gradients(stride, features_first):
 
         pools = [
             (lambda x: ops.max_pool_3x3(x, stride, features_first), reference_max),
+            (lambda x: ops._max_pool_3x3_exact(x, stride, features_first), reference_max),
             (lambda x: ops.avg_pool_3x3(x, stride, features_first), reference_avg),
         ]
         tangent = jax.random.normal(jax.random.PRNGKey(4), x.shape, jnp.float64)
+        # The references run on the CPU: on GPUs JAX's float64 second derivative
+        # of a reduce_window max is only 32-bit precise (ops.max_pool_3x3).
+        cpu = jax.devices("cpu")[0]
         for pool, reference in pools:
-            np.testing.assert_allclose(pool(x), reference(x), rtol=1e-12)
             grads = [jax.grad(lambda x, f=f: jnp.sum(jnp.sin(f(x)))) for f in (pool, reference)]
-            np.testing.assert_allclose(grads[0](x), grads[1](x), rtol=1e-10, atol=1e-12)
-            hvps = [jax.jvp(g, (x,), (tangent,))[1] for g in grads]
-            np.testing.assert_allclose(hvps[0], hvps[1], rtol=1e-10, atol=1e-12)
+            got = pool(x), grads[0](x), jax.jvp(grads[0], (x,), (tangent,))[1]
+            with jax.default_device(cpu):
+                x_cpu, tangent_cpu = jax.device_put((x, tangent), cpu)
+                want = reference(x_cpu), grads[1](x_cpu)
+                want += (jax.jvp(grads[1], (x_cpu,), (tangent_cpu,))[1],)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_max_pool_derivative_takes_the_first_maximum_of_a_window():
+@pytest.mark.parametrize("max_pool", [ops.max_pool_3x3, ops._max_pool_3x3_exact])
+def test_max_pool_derivative_takes_the_first_maximum_of_a_window(max_pool):
     """Ties go to the window's first maximum, row-major (PyTorch's choice); the
     padding never wins."""
     x = jnp.zeros((1, 3, 4, 1)).at[0, 2, 3, 0].set(-1.0)
-    grad = jax.grad(lambda x: ops.max_pool_3x3(x, 2).sum())(x)[0, :, :, 0]
+    grad = jax.grad(lambda x: max_pool(x, 2, False).sum())(x)[0, :, :, 0]
     # Windows of the 2x2 output start at rows/columns -1 and 1; each counts once.
     want = np.zeros((3, 4))
     want[0, 0] = want[0, 1] = want[1, 0] = want[1, 1] = 1.0
     np.testing.assert_array_equal(grad, want)
     tangent = jnp.arange(12.0).reshape(x.shape)
-    _, dy = jax.jvp(lambda x: ops.max_pool_3x3(x, 2), (x,), (tangent,))
+    _, dy = jax.jvp(lambda x: max_pool(x, 2, False), (x,), (tangent,))
     np.testing.assert_array_equal(dy[0, :, :, 0], [[0.0, 1.0], [4.0, 5.0]])
+
+
+def test_max_pool_second_derivative_is_exact_in_float64():
+    """The Hessian-vector product's piece of a max pool: the derivative of its
+    gradient moves the cotangent's tangent to each window's maximum. Checked
+    against numpy on the default backend (on GPUs, the float64 path that
+    avoids JAX's 32-bit packing)."""
+    with jax.enable_x64():
+        keys = jax.random.split(jax.random.PRNGKey(5), 3)
+        x = jax.random.normal(keys[0], (2, 5, 6, 3), jnp.float64)
+        cotangent, cotangent_dot = (
+            jax.random.normal(k, (2, 3, 3, 3), jnp.float64) for k in keys[1:]
+        )
+
+        def grad_x(x, cotangent):
+            return jax.vjp(lambda x: ops.max_pool_3x3(x, 2), x)[1](cotangent)[0]
+
+        _, got = jax.jvp(grad_x, (x, cotangent), (jnp.zeros_like(x), cotangent_dot))
+        x, cotangent_dot, got = (np.asarray(a) for a in (x, cotangent_dot, got))
+    x_padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    want = np.zeros(x_padded.shape)
+    for n, i, j, c in np.ndindex(cotangent_dot.shape):
+        window = x_padded[n, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, c]
+        di, dj = np.unravel_index(np.argmax(window), window.shape)
+        want[n, 2 * i + di, 2 * j + dj, c] += cotangent_dot[n, i, j, c]
+    np.testing.assert_array_equal(got, want[:, 1:-1, 1:-1])
+
+
+def test_max_pool_takes_the_exact_form_for_float64_on_gpus(monkeypatch):
+    def uses_exact_form(dtype):
+        jaxpr = jax.make_jaxpr(lambda x: ops.max_pool_3x3(x, 1))(jnp.zeros((1, 4, 4, 2), dtype))
+        return "custom_jvp_call" in str(jaxpr)
+
+    with jax.enable_x64():
+        # The CPU's reduce_window derivatives are exact in float64.
+        assert uses_exact_form(jnp.float64) == (jax.default_backend() == "gpu")
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        assert uses_exact_form(jnp.float64)
+        assert not uses_exact_form(jnp.float32)  # 32-bit pairs pack exactly
 
 
 def test_batch_norm_matches_torch_semantics():
