@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
+import jax  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from darts_jax import genotypes as gt  # noqa: E402
@@ -417,6 +418,7 @@ def test_main_prints_and_returns_status(monkeypatch, capsys):
     assert parity.main(["--dtype", "float64"]) == 1
     out = capsys.readouterr().out
     assert "s: off" in out and "FAIL" in out and "1 of 2 rows exceed" in out
+    assert f"JAX on {jax.default_backend()} (" in out and "PyTorch on the CPU" in out
     assert parity.main(["--dtype", "float32"]) == 0  # float32 rows are only reported
     rows[1] = parity.Row("s", "off", float("nan"), 1.0)
     assert parity.main(["--dtype", "float32"]) == 1

@@ -521,7 +521,10 @@ def evaluate(argv: list[str] | None = None) -> Report:
     lines = [
         f"parity darts_jax vs PyTorch reference: config {args.config} "
         f"{CONFIGS[args.config]}, order {args.order}, "
-        f"step order {args.step_order or args.order}, {args.dtype}"
+        f"step order {args.step_order or args.order}, {args.dtype}",
+        # The backend matters: e.g. JAX's float64 max-pool second derivative on
+        # GPUs needed its own rule (ops.max_pool_3x3).
+        f"  JAX on {jax.default_backend()} ({jax.devices()[0].device_kind}), PyTorch on the CPU",
     ]
     lines += [f"  {k}: {v:.4g}" for k, v in info.items()]
     lines.append(format_table(rows, args.dtype))
