@@ -14,6 +14,7 @@ bias-free convolutions, ReLU before each conv block, BatchNorm after it.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 
@@ -276,22 +277,16 @@ def _at_first_max(
 ):
     """``values`` at each 3x3 window's first maximum of ``x`` (row-major window
     order, as PyTorch's max pool and XLA's select_and_scatter choose on ties)."""
-    axes = (x.ndim - 2, x.ndim - 1) if features_first else (1, 2)
-    widths = [(1, 1) if a in axes else (0, 0) for a in range(x.ndim)]
-    x_padded = jnp.pad(x, widths, constant_values=-jnp.inf)
-    values_padded = jnp.pad(values, widths)
+    window, strides, padding = _pool_window(x, stride, features_first)
+    x_padded = jnp.pad(x, padding, constant_values=-jnp.inf)
+    values_padded = jnp.pad(values, padding)
     taken = jnp.zeros(pooled.shape, bool)
     picked = jnp.zeros(pooled.shape, values.dtype)
-    for di in range(3):
-        for dj in range(3):
-            start = [0] * x.ndim
-            start[axes[0]], start[axes[1]] = di, dj
-            limit = [start[a] + stride * (pooled.shape[a] - 1) + 1 for a in range(x.ndim)]
-            limit = [limit[a] if a in axes else x.shape[a] for a in range(x.ndim)]
-            steps = [stride if a in axes else 1 for a in range(x.ndim)]
-            hit = (lax.slice(x_padded, start, limit, steps) == pooled) & ~taken
-            picked = jnp.where(hit, lax.slice(values_padded, start, limit, steps), picked)
-            taken = taken | hit
+    for offset in itertools.product(*(range(w) for w in window)):  # row-major
+        limit = [o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, pooled.shape, strict=True)]
+        hit = (lax.slice(x_padded, offset, limit, strides) == pooled) & ~taken
+        picked = jnp.where(hit, lax.slice(values_padded, offset, limit, strides), picked)
+        taken = taken | hit
     return picked
 
 
