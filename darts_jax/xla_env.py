@@ -176,24 +176,25 @@ def restart_with_hugepages() -> None:
 
 def release_freed_memory() -> bool:
     """Returns the heap memory that the allocator keeps after ``free`` to the system,
-    e.g. the compiler's, before a step maps its own buffers: tcmalloc's
-    ``MallocExtension_ReleaseFreeMemory``, jemalloc's purge of all arenas, or
-    glibc's ``malloc_trim(0)``, whichever serves ``malloc`` here. False where none
-    is found."""
+    e.g. the compiler's, before a step maps its own buffers: glibc's
+    ``malloc_trim(0)``, and a preloaded tcmalloc's ``MallocExtension_ReleaseFreeMemory``
+    or jemalloc's purge of all arenas where the process has one. False where none
+    of them is found."""
+    released = False
     try:
         process = ctypes.CDLL(None)
     except OSError:
         process = None
     if process is not None and hasattr(process, "MallocExtension_ReleaseFreeMemory"):
         process.MallocExtension_ReleaseFreeMemory()
-        return True
+        released = True
     if process is not None and hasattr(process, "mallctl"):
         process.mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))
-        return True
+        released = True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
     except (OSError, AttributeError):
-        return False
-    trim(0)
+        return released
+    trim(0)  # glibc's own heap, also where another allocator serves malloc
     return True

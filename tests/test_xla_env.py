@@ -139,13 +139,11 @@ _PRELOADABLE = {name: ctypes.util.find_library(name) for name in ("tcmalloc_mini
 
 
 @pytest.mark.parametrize(
-    "allocator, block_kb",
-    [(None, 64), ("tcmalloc_minimal", 1024), ("jemalloc", 1024)],
+    "allocator, block_kb, n_blocks",
+    [(None, 64, 3000), ("tcmalloc_minimal", 1024, 200), ("jemalloc", 1024, 200)],
     ids=["glibc", "tcmalloc", "jemalloc"],
 )
-def test_release_freed_memory_returns_the_heap_the_allocator_keeps(
-    monkeypatch, allocator, block_kb
-):
+def test_release_freed_memory_returns_the_heap_the_allocator_keeps(allocator, block_kb, n_blocks):
     """Freed blocks stay resident until released: glibc's below the heap's top,
     tcmalloc's and jemalloc's (preloaded, as a user may) in their free page lists
     (run in a subprocess: a clean heap, and this one's left alone)."""
@@ -165,10 +163,10 @@ def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 size = {block_kb} * 1024
-blocks = [process.malloc(size) for _ in range(200 * 1024 // {block_kb})]  # 200 MB
+blocks = [process.malloc(size) for _ in range({n_blocks} + 1)]  # about 200 MB
 for b in blocks:
     ctypes.memset(b, 1, size)
-guard = process.malloc(64)  # keeps glibc's freed blocks below the heap's top
+guard = blocks.pop()  # the last block keeps glibc's freed ones below the heap's top
 before = rss_mb()
 for b in blocks:
     process.free(b)
@@ -181,12 +179,14 @@ print(released, round(before), round(kept), round(rss_mb()))
     )
     released, before, kept, after = out.stdout.split()
     assert released == "True"
-    # The allocator kept (part of) what was freed, and handed it all back.
-    assert float(kept) > float(after) + 50, out.stdout
-    assert float(after) < float(before) - 150, out.stdout
-    if allocator is not None:
-        return
+    if allocator is None:
+        assert float(kept) > float(before) - 20, out.stdout  # glibc kept what was freed
+    else:  # jemalloc hands back part of it by itself
+        assert float(kept) > float(after) + 50, out.stdout
+    assert float(after) < float(before) - 150, out.stdout  # and all of it now
 
+
+def test_release_freed_memory_without_a_c_library(monkeypatch):
     def no_libc(*args, **kwargs):
         raise OSError("no C library")
 
