@@ -65,7 +65,7 @@ maps its temporaries on top of it. The loops and the benchmark hand that
 memory back (``malloc_trim``) between compiling a step and running it: at the
 default search config, second order, peak RSS 12.4 -> 10.1 GB (BENCHMARKS.md,
 session 11). A user who preloads tcmalloc or jemalloc (``LD_PRELOAD``) gets
-that allocator's own release instead. Neither is preloaded by default: on
+that allocator's own release as well. Neither is preloaded by default: on
 this project's CPU tcmalloc cut the test config's compile by about 13 % but
 at the default config its resident memory grew to 17.5 GB by the third step,
 and jemalloc's default-config steps ran about 20 % slower (BENCHMARKS.md,
@@ -185,10 +185,10 @@ def release_freed_memory() -> bool:
         process = ctypes.CDLL(None)
     except OSError:
         process = None
-    if process is not None and hasattr(process, "MallocExtension_ReleaseFreeMemory"):
+    if hasattr(process, "MallocExtension_ReleaseFreeMemory"):  # tcmalloc
         process.MallocExtension_ReleaseFreeMemory()
         released = True
-    if process is not None and hasattr(process, "mallctl"):
+    if hasattr(process, "mallctl"):  # jemalloc
         process.mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))
         released = True
     try:
