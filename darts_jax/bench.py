@@ -6,6 +6,7 @@
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     python -m darts_jax.bench --config default --order second --remat cells   # less memory
     python -m darts_jax.bench --config default --order second --remat hvp   # less memory, inside H v only
+    python -m darts_jax.bench --config default --order second --batch 16   # the config, another batch
     python -m darts_jax.bench --config default --order second --cells_one_by_one   # no cell loop
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
@@ -16,7 +17,9 @@ train + val images per step) and peak memory (device peak on a GPU, RSS on
 the CPU). With ``--torch`` every row is followed by the same network in our
 PyTorch reference (``darts_jax.interop.torch_bench``, needs torch) and the
 ratio of step times. ``--gpus`` sweeps device counts (data parallel, the
-batch split over the devices). Not a test: figures go to BENCHMARKS.md.
+batch split over the devices). ``--init_channels``, ``--layers``, ``--batch``
+and ``--image_size`` change one size of the named config (0 keeps the
+config's), for both frameworks. Not a test: figures go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,34 @@ FINAL_CONFIGS = {
     "test": (4, 5, 8, 32, 3),
     "default": (36, 20, 96, 32, 3),
 }
+# The flags that change one size of a named config (0 keeps the config's), in
+# the configs' order, as train_search.py names them.
+SIZE_FLAGS = {
+    "init_channels": "channels of the first cell (C)",
+    "layers": "cells",
+    "batch": "batch",
+    "image_size": "image height and width",
+}
+
+
+def network_shape(net: str, config: str, **sizes: int) -> tuple[int, int, int, int, int]:
+    """(C, layers, batch, image size, channels) of ``net``'s named ``config``, with
+    each nonzero ``sizes`` entry (keys ``SIZE_FLAGS``) in place of the config's."""
+    configs = SEARCH_CONFIGS if net == "search" else FINAL_CONFIGS
+    if config not in configs:
+        raise ValueError(f"--config {config} is not a {net} config: {', '.join(configs)}")
+    unknown = set(sizes) - set(SIZE_FLAGS)
+    if unknown:
+        raise ValueError(f"unknown sizes {sorted(unknown)}; choose from {list(SIZE_FLAGS)}")
+    for name, value in sizes.items():
+        if value < 0:
+            raise ValueError(
+                f"--{name} must be a positive size, or 0 for the config's; got {value}"
+            )
+    c, layers, batch, size, channels = configs[config]
+    defaults = dict(zip(SIZE_FLAGS, (c, layers, batch, size), strict=True))
+    chosen = {name: sizes.get(name) or defaults[name] for name in SIZE_FLAGS}
+    return (*(chosen[name] for name in SIZE_FLAGS), channels)
 
 
 def _peak_memory_gb(jax) -> float:
@@ -67,7 +98,7 @@ def _random_images(rng, batch, size, channels):
 
 
 def _search_setup(
-    config: str,
+    network: tuple[int, int, int, int, int],
     order: str,
     n_nodes: int,
     scan_passes: bool = True,
@@ -81,7 +112,7 @@ def _search_setup(
     from darts_jax.search_model import SearchNetwork, hvp_remat_cells_for, remat_cells_for
     from darts_jax.search_step import Hyper, create_state, make_train_step
 
-    c, layers, batch, size, channels = SEARCH_CONFIGS[config]
+    c, layers, batch, size, channels = network
     model = SearchNetwork(
         C=c,
         num_classes=10,
@@ -108,7 +139,7 @@ def _search_setup(
     return state, step, arrays, {"C": c, "layers": layers, "batch": batch, "size": size}, 2
 
 
-def _final_setup(config: str):
+def _final_setup(network: tuple[int, int, int, int, int]):
     import jax
     import numpy as np
 
@@ -117,7 +148,7 @@ def _final_setup(config: str):
     from darts_jax.final_step import FinalHyper, create_state, make_train_step
     from darts_jax.genotypes import DARTS_V2
 
-    c, layers, batch, size, channels = FINAL_CONFIGS[config]
+    c, layers, batch, size, channels = network
     model = FinalNetwork(DARTS_V2, C=c, num_classes=10, layers=layers, auxiliary=True)
     schedule = optim.epoch_cosine_schedule(0.025, 0.0, 600, 521)
     tx = optim.weight_optimizer(schedule, 0.9, 3e-4, 5.0)
@@ -149,6 +180,7 @@ def _child(
     scan_passes: bool,
     remat: str = "none",
     scan_cells: bool = True,
+    sizes: dict[str, int] | None = None,
 ) -> dict:
     from darts_jax import xla_env
 
@@ -158,12 +190,13 @@ def _child(
     from darts_jax import parallel, runs
 
     t = time.perf_counter()
+    network = network_shape(net, config, **(sizes or {}))
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(
-            config, order, n_nodes, scan_passes, remat, scan_cells
+            network, order, n_nodes, scan_passes, remat, scan_cells
         )
     else:
-        state, step, arrays, shape, images_per_sample = _final_setup(config)
+        state, step, arrays, shape, images_per_sample = _final_setup(network)
     init_s = time.perf_counter() - t
     par = parallel.setup(gpus, shape["batch"])
     step = jax.jit(
@@ -288,6 +321,10 @@ def main(argv=None) -> int:
         action="store_true",
         help="search: every cell its own program, instead of one loop per stage's normal cells",
     )
+    for name, what in SIZE_FLAGS.items():
+        parser.add_argument(
+            f"--{name}", type=int, default=0, help=f"the network's {what} (0: the config's)"
+        )
     parser.add_argument("--torch", action="store_true", help="also run the PyTorch reference")
     parser.add_argument(
         "--gpus",
@@ -298,9 +335,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="append each row as a JSON line to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    configs = SEARCH_CONFIGS if args.net == "search" else FINAL_CONFIGS
-    if args.config not in configs:
-        parser.error(f"--config {args.config} is not a {args.net} config: {', '.join(configs)}")
+    sizes = {name: getattr(args, name) for name in SIZE_FLAGS}
+    try:
+        network = network_shape(args.net, args.config, **sizes)
+    except ValueError as e:
+        parser.error(str(e))
     orders = args.order.split(",") if args.net == "search" else ["-"]
     if args.child:
         row = _child(
@@ -313,9 +352,15 @@ def main(argv=None) -> int:
             not args.written_out,
             args.remat,
             not args.cells_one_by_one,
+            sizes,
         )
         print(json.dumps(row), flush=True)
         return 0
+    if any(sizes.values()):
+        c, layers, batch, size, _ = network
+        print(
+            f"{args.net} network: C={c}, {layers} cells, batch {batch}, {size}x{size}", flush=True
+        )
     print(
         f"{'framework':9} {'net':6} {'config':8} {'order':6} {'devices':>7} {'compile s':>9} "
         f"{'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7}",
@@ -323,6 +368,7 @@ def main(argv=None) -> int:
     )
     for order, gpus in [(o, g) for o in orders for g in args.gpus.split(";")]:
         common = ["--config", args.config, "--steps", str(args.steps)]
+        common += [f"--{name}={value}" for name, value in sizes.items() if value]
         jax_cmd = [sys.executable, "-m", "darts_jax.bench", "--child", "--net", args.net]
         jax_cmd += [*common, "--order", order, "--n_nodes", str(args.n_nodes), "--gpus", gpus]
         jax_cmd += ["--written_out"] if args.written_out else []

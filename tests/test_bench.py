@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -33,3 +35,33 @@ def test_host_memory_sees_a_new_resident_array():
     assert rss_before is not None and rss_after - rss_before > 0.15
     assert peak_after >= rss_after - 0.01 and peak_after >= peak_before
     del block
+
+
+def test_network_shape_is_the_config_with_each_nonzero_size_in_its_place():
+    assert bench.network_shape("search", "default") == bench.SEARCH_CONFIGS["default"]
+    assert bench.network_shape("search", "default", batch=16, layers=0) == (16, 8, 16, 32, 3)
+    assert bench.network_shape("final", "test", init_channels=8, image_size=64) == (
+        8, 5, 8, 64, 3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "net, config, sizes, message",
+    [
+        ("search", "default", {"batch": -1}, "--batch must be a positive size, or 0"),
+        ("final", "quickstart", {}, "--config quickstart is not a final config: test, default"),
+        ("search", "test", {"channels": 3}, "unknown sizes ['channels']"),
+    ],
+)
+def test_network_shape_names_what_is_wrong(net, config, sizes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench.network_shape(net, config, **sizes)
+
+
+def test_a_negative_size_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--config", "default", "--layers", "-2"])
+    assert exit_info.value.code == 2
+    assert "--layers must be a positive size, or 0 for the config's; got -2" in (
+        capsys.readouterr().err
+    )

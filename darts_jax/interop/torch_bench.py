@@ -5,11 +5,14 @@
 
 search: one full search step (alpha Adam step with the chosen gradient, then
 the clipped SGD weight step) on random data; config test = C 4, 5 layers,
-batch 4, 16x16; default = C 16, 8 layers, batch 64, 32x32. order: first,
-second (exact, double backward) or fd (corrected finite difference).
+batch 4, 16x16; default = C 16, 8 layers, batch 64, 32x32; quickstart = C 8,
+5 layers, batch 32, 8x8, one channel. order: first, second (exact, double
+backward) or fd (corrected finite difference).
 final: AugmentCNN with auxiliary head and DARTS_V2 on 32x32 inputs (test = C 4,
 5 layers, batch 8; default = C 36, 20 layers, batch 96),
 drop path 0.1, loss CE + 0.4 CE_aux, clipped SGD step.
+The configs are darts_jax.bench's, and so are ``--init_channels``,
+``--layers``, ``--batch`` and ``--image_size`` (0 keeps the config's).
 
 Runs on CUDA when available, else CPU. Prints one JSON line: warmup_s (model
 setup and the first step), step_s (mean of --steps further steps),
@@ -26,19 +29,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from darts_jax import bench
 from darts_jax.genotypes import DARTS_V2
 from darts_jax.interop import torch_ref as tr
 
-CONFIGS = {
-    # name: (C, layers, batch, image size, channels)
-    "test": (4, 5, 4, 16, 3),
-    "default": (16, 8, 64, 32, 3),
-}
-FINAL_CONFIGS = {
-    # The aux head needs >= 6x6 features after cell 2 * layers // 3: 32x32 input.
-    "test": (4, 5, 8, 32, 3),
-    "default": (36, 20, 96, 32, 3),
-}
 N_CLASSES = 10
 
 
@@ -47,8 +41,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _search(args, device):
-    c, layers, batch, size, channels = CONFIGS[args.config]
+def _search(network, args, device):
+    c, layers, batch, size, channels = network
     model = tr.SearchCNNController(channels, c, N_CLASSES, layers).to(device).train()
     w_optim, a_optim = tr.make_optimizers(model)
     g = torch.Generator().manual_seed(0)
@@ -58,9 +52,8 @@ def _search(args, device):
     return step, 2 * batch
 
 
-def _final(args, device):
-    c, layers, batch, size, channels = FINAL_CONFIGS[args.config]
-    batch = args.batch or batch
+def _final(network, args, device):
+    c, layers, batch, size, channels = network
     model = tr.AugmentCNN(size, channels, c, N_CLASSES, layers, True, DARTS_V2).to(device).train()
     model.drop_path_prob(0.1)
     optim = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
@@ -83,17 +76,24 @@ def _final(args, device):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--net", choices=("search", "final"), default="search")
-    p.add_argument("--config", choices=tuple(CONFIGS), default="test")
+    configs = sorted(set(bench.SEARCH_CONFIGS) | set(bench.FINAL_CONFIGS))
+    p.add_argument("--config", choices=configs, default="test")
     p.add_argument("--order", choices=("first", "second", "fd"), default="first")
-    p.add_argument("--batch", type=int, default=0, help="final network: batch (0: the config's)")
+    for name, what in bench.SIZE_FLAGS.items():
+        p.add_argument(f"--{name}", type=int, default=0, help=f"{what} (0: the config's)")
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
+    try:
+        sizes = {name: getattr(args, name) for name in bench.SIZE_FLAGS}
+        network = bench.network_shape(args.net, args.config, **sizes)
+    except ValueError as e:
+        p.error(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True  # as pt.darts sets it
     torch.manual_seed(0)
 
     t = time.perf_counter()
-    step, images = (_search if args.net == "search" else _final)(args, device)
+    step, images = (_search if args.net == "search" else _final)(network, args, device)
     step()
     _sync(device)
     warmup_s = time.perf_counter() - t
@@ -111,7 +111,10 @@ def main(argv=None) -> dict:
         "net": args.net,
         "config": args.config,
         "order": args.order if args.net == "search" else None,
-        "batch": images // 2 if args.net == "search" else images,
+        "C": network[0],
+        "layers": network[1],
+        "batch": network[2],
+        "size": network[3],
         "device": f"cuda {torch.cuda.get_device_name()}" if device.type == "cuda" else "cpu",
         "warmup_s": round(warmup_s, 4),
         "step_s": round(step_s, 4),
