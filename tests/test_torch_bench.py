@@ -11,20 +11,8 @@ from darts_jax.interop import torch_bench  # noqa: E402
 def test_a_size_flag_changes_the_timed_network():
     # quickstart (C 8, 5 cells, batch 32, 8x8 single-channel digits) was missing here,
     # so `bench --config quickstart --torch` failed in its PyTorch row.
-    row = torch_bench.main(
-        [
-            "--net",
-            "search",
-            "--config",
-            "quickstart",
-            "--batch",
-            "2",
-            "--layers",
-            "3",
-            "--steps",
-            "1",
-        ]
-    )
+    flags = "--net search --config quickstart --batch 2 --layers 3 --steps 1"
+    row = torch_bench.main(flags.split())
     assert (row["C"], row["layers"], row["batch"], row["size"]) == (8, 3, 2, 8)
     assert row["step_s"] > 0 and row["images_per_s"] == pytest.approx(4 / row["step_s"], rel=0.02)
 

@@ -83,8 +83,8 @@ def main(argv=None) -> dict:
         p.add_argument(f"--{name}", type=int, default=0, help=f"{what} (0: the config's)")
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
+    sizes = {name: getattr(args, name) for name in bench.SIZE_FLAGS}
     try:
-        sizes = {name: getattr(args, name) for name in bench.SIZE_FLAGS}
         network = bench.network_shape(args.net, args.config, **sizes)
     except ValueError as e:
         p.error(str(e))
