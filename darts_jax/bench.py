@@ -67,10 +67,9 @@ def network_shape(net: str, config: str, **sizes: int) -> tuple[int, int, int, i
             raise ValueError(
                 f"--{name} must be a positive size, or 0 for the config's; got {value}"
             )
-    c, layers, batch, size, channels = configs[config]
-    defaults = dict(zip(SIZE_FLAGS, (c, layers, batch, size), strict=True))
-    chosen = {name: sizes.get(name) or defaults[name] for name in SIZE_FLAGS}
-    return (*(chosen[name] for name in SIZE_FLAGS), channels)
+    *config_sizes, channels = configs[config]
+    chosen = (sizes.get(n) or v for n, v in zip(SIZE_FLAGS, config_sizes, strict=True))
+    return (*chosen, channels)
 
 
 def _peak_memory_gb(jax) -> float:
@@ -173,6 +172,7 @@ def _scale(rng, x):
 def _child(
     net: str,
     config: str,
+    network: tuple[int, int, int, int, int],
     order: str,
     steps: int,
     n_nodes: int,
@@ -180,7 +180,6 @@ def _child(
     scan_passes: bool,
     remat: str = "none",
     scan_cells: bool = True,
-    sizes: dict[str, int] | None = None,
 ) -> dict:
     from darts_jax import xla_env
 
@@ -190,7 +189,6 @@ def _child(
     from darts_jax import parallel, runs
 
     t = time.perf_counter()
-    network = network_shape(net, config, **(sizes or {}))
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(
             network, order, n_nodes, scan_passes, remat, scan_cells
@@ -345,6 +343,7 @@ def main(argv=None) -> int:
         row = _child(
             args.net,
             args.config,
+            network,
             orders[0],
             args.steps,
             args.n_nodes,
@@ -352,7 +351,6 @@ def main(argv=None) -> int:
             not args.written_out,
             args.remat,
             not args.cells_one_by_one,
-            sizes,
         )
         print(json.dumps(row), flush=True)
         return 0
