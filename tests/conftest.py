@@ -14,6 +14,13 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+# Tests compile hundreds of programs and run each once or twice on tiny shapes:
+# skip XLA's costly LLVM optimizations (a third off the compile-heavy tests'
+# time, BENCHMARKS.md, session 21). The values do not change: the scripts and the
+# benchmark keep full optimization. DARTS_JAX_TEST_OPTIMIZE=1 tests with it.
+if os.environ.get("DARTS_JAX_TEST_OPTIMIZE", "0") != "1":
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # also for the scripts the tests start
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

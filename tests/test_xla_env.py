@@ -193,3 +193,14 @@ def test_release_freed_memory_without_a_c_library(monkeypatch):
 
     monkeypatch.setattr(xla_env.ctypes, "CDLL", no_libc)
     assert xla_env.release_freed_memory() is False
+
+
+def test_the_suite_compiles_in_fast_compile_mode():
+    """conftest: tests and the scripts they start compile without XLA's costly
+    LLVM optimizations, unless DARTS_JAX_TEST_OPTIMIZE=1 asks for them."""
+    if os.environ.get("DARTS_JAX_TEST_OPTIMIZE") == "1":
+        pytest.skip("the run asked for full optimization")
+    import jax
+
+    assert jax.config.read("jax_disable_most_optimizations") is True
+    assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"  # inherited by subprocesses
