@@ -15,12 +15,16 @@ def main(argv=None) -> int:
         initialize_distributed()  # before any computation
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax.final_loop import run_final  # imports jax: after flag checks
+    from darts_jax.preemption import Stopped
 
     try:
         run_final(cfg)
     except (DataMissingError, FileExistsError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM or Ctrl-C, after saving
+        print(f"stopped by {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

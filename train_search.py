@@ -14,6 +14,7 @@ def main(argv=None) -> int:
     if cfg.distributed:
         initialize_distributed()  # before any computation
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
+    from darts_jax.preemption import Stopped
     from darts_jax.search_loop import run_search  # imports jax: after flag checks
 
     try:
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
     except (DataMissingError, FileExistsError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM or Ctrl-C, after saving
+        print(f"stopped by {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -12,7 +12,8 @@ from darts_jax.config import UsageError
 
 
 class Checkpoints:
-    """Keeps the last ``max_to_keep`` epoch checkpoints of a run under ``directory``."""
+    """Keeps the last ``max_to_keep`` checkpoints of a run under ``directory``,
+    numbered in the order they were saved. A context manager: ``close`` on exit."""
 
     def __init__(self, directory: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
@@ -24,8 +25,17 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """Saves and waits, so that a finished epoch is never lost."""
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def save(self, state: Any, meta: dict) -> int:
+        """Saves as the next number and waits, so that a finished epoch is never
+        lost; returns the number. Numbers only grow, whatever the run's epoch
+        length, so the latest save is always the one a resume reads."""
+        step = (self.latest_step() or 0) + 1
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -33,6 +43,7 @@ class Checkpoints:
             ),
         )
         self._manager.wait_until_finished()
+        return step
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores into the structure (and shardings) of ``target``."""

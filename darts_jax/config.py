@@ -50,6 +50,7 @@ class SearchConfig:
     train_portion: float = 0.5
     steps_per_epoch: int = 0
     resume: bool = False
+    checkpoint_minutes: float = 30.0
     progress: bool = True
     distributed: bool = False
     init_from: str | None = None
@@ -136,6 +137,7 @@ class FinalConfig:
     lr_gamma: float = 0.97
     steps_per_epoch: int = 0
     resume: bool = False
+    checkpoint_minutes: float = 30.0
     eval_only: bool = False
     checkpoint: str | None = None
     torch_checkpoint: str | None = None
@@ -196,6 +198,8 @@ def _check_common(cfg) -> None:
         )
     if cfg.stem_multiplier < 1:
         raise ValueError(f"--stem_multiplier must be >= 1, got {cfg.stem_multiplier}")
+    if not cfg.checkpoint_minutes >= 0:
+        raise ValueError(f"--checkpoint_minutes must be >= 0, got {cfg.checkpoint_minutes}")
 
 
 _HELP = {
@@ -208,7 +212,9 @@ _HELP = {
     "9.25 GB for a 2-13 %% slower step, 'cells' 5.9 GB for a 15 %% slower step)",
     "data_dir": "tensorflow-datasets data_dir holding prepared data",
     "steps_per_epoch": "cap on steps per epoch (0: the whole split)",
-    "resume": "continue the run saved in <out_dir>/<name>/",
+    "resume": "continue the run saved in <out_dir>/<name>/ (from the step after its last save)",
+    "checkpoint_minutes": "inside an epoch, save a checkpoint every this many minutes (0: only "
+    "at epoch ends); SIGTERM or Ctrl-C also saves after the current step, then stops",
     "progress": "show a progress bar per epoch",
     "distributed": "multi-host: call jax.distributed.initialize() (SLURM, TPU pods and Open MPI "
     "are detected; else set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)",

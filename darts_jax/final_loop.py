@@ -1,8 +1,9 @@
 """Final training of a found cell from scratch (pt.darts's augment.py), and evaluation.
 
 Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
-(tensorboard), ``plots/`` (the cell), ``checkpoints/`` (orbax, the last epoch,
-resumable) and ``best/`` (orbax, the best test epoch). pt.darts reports the
+(tensorboard), ``plots/`` (the cell), ``checkpoints/`` (orbax, the last epoch, or
+the last save inside one: every ``--checkpoint_minutes`` and on SIGTERM /
+Ctrl-C; resumable at the next step) and ``best/`` (orbax, the best test epoch). pt.darts reports the
 test split as "Valid"; so do we.
 """
 
@@ -25,6 +26,7 @@ from darts_jax import (
     optim,
     parallel,
     plot,
+    preemption,
     reporting,
     runs,
 )
@@ -126,21 +128,20 @@ def run_eval_only(cfg: FinalConfig) -> dict:
         raise FileNotFoundError(
             f"no checkpoint folder {directory}; train first or pass --checkpoint"
         )
-    ckpts = checkpoint.Checkpoints(directory)
-    meta = ckpts.read_meta()
-    # The network's shape comes from the checkpoint, so only --name/--dataset are needed.
-    cfg = dataclasses.replace(cfg, **meta.get("model", {}))
-    genotype = genotypes.resolve(meta["genotype"])
-    if cfg.genotype is not None and genotypes.resolve(cfg.genotype) != genotype:
-        raise UsageError(
-            f"--genotype differs from the one {directory} was trained with: "
-            f"{genotypes.to_str(genotype)} (leave --genotype out to use it)"
-        )
-    par = parallel.setup(cfg.gpus, cfg.batch_size)
-    splits = Splits(cfg, par, need_train=False)
-    model, _, _, state = build(cfg, genotype, splits.info, 1)
-    state, meta = ckpts.restore(parallel.put(state, par.replicated))
-    ckpts.close()
+    with checkpoint.Checkpoints(directory) as ckpts:
+        meta = ckpts.read_meta()
+        # The network's shape comes from the checkpoint, so only --name/--dataset are needed.
+        cfg = dataclasses.replace(cfg, **meta.get("model", {}))
+        genotype = genotypes.resolve(meta["genotype"])
+        if cfg.genotype is not None and genotypes.resolve(cfg.genotype) != genotype:
+            raise UsageError(
+                f"--genotype differs from the one {directory} was trained with: "
+                f"{genotypes.to_str(genotype)} (leave --genotype out to use it)"
+            )
+        par = parallel.setup(cfg.gpus, cfg.batch_size)
+        splits = Splits(cfg, par, need_train=False)
+        model, _, _, state = build(cfg, genotype, splits.info, 1)
+        state, meta = ckpts.restore(parallel.put(state, par.replicated))
     return _report_test(
         model, state, splits, cfg.batch_size, f"{directory} (epoch {meta['epoch'] + 1})"
     )
@@ -180,11 +181,26 @@ def _eval_torch_checkpoint(cfg: FinalConfig) -> dict:
 
 
 def run_final(cfg: FinalConfig) -> float:
-    """Trains (or resumes) the final network; returns the best test top-1."""
+    """Trains (or resumes) the final network; returns the best test top-1. A stop
+    request (SIGTERM, Ctrl-C) saves after the current step and raises
+    ``preemption.Stopped``; the log, tensorboard and checkpoints close on every exit."""
     if cfg.eval_only:
         return run_eval_only(cfg)["top1"]
     out = os.path.join(cfg.out_dir, cfg.name)
     logger, tb, par = runs.open_run(out, cfg.name, cfg.resume, cfg, "final training")
+    try:
+        with (
+            checkpoint.Checkpoints(os.path.join(out, "checkpoints"), max_to_keep=1) as last,
+            checkpoint.Checkpoints(os.path.join(out, "best"), max_to_keep=1) as best,
+            preemption.SaveTriggers(cfg.checkpoint_minutes) as triggers,
+        ):
+            return _train(cfg, out, logger, tb, par, last, best, triggers)
+    finally:
+        tb.close()
+        runs.close_logger(logger)
+
+
+def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
     genotype = genotypes.resolve(cfg.genotype)
     logger.info(f"genotype = {genotypes.to_str(genotype)}")
     if parallel.is_main_process():
@@ -201,13 +217,16 @@ def run_final(cfg: FinalConfig) -> float:
     logger.info(model_size_line(state.params))
     state = parallel.put(state, par.replicated)
 
-    last = checkpoint.Checkpoints(os.path.join(out, "checkpoints"), max_to_keep=1)
-    best = checkpoint.Checkpoints(os.path.join(out, "best"), max_to_keep=1)
-    start_epoch, best_top1 = 0, -1.0
+    start_epoch, first_step, totals, best_top1 = 0, 0, None, -1.0
     if cfg.resume and last.latest_step() is not None:
         state, meta = last.restore(state)
-        start_epoch, best_top1 = meta["epoch"] + 1, meta["best_top1"]
-        logger.info(f"Resumed from {out}/checkpoints after epoch {start_epoch}")
+        start_epoch, first_step, totals = runs.resume_point(meta, steps)
+        best_top1 = meta["best_top1"]
+        logger.info(
+            f"Resumed from {out}/checkpoints in epoch {start_epoch + 1} at step {first_step}"
+            if first_step
+            else f"Resumed from {out}/checkpoints after epoch {start_epoch}"
+        )
 
     hyper = FinalHyper(steps, cfg.epochs, cfg.drop_path_prob, cfg.aux_weight, cfg.label_smoothing)
     train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)
@@ -221,6 +240,14 @@ def run_final(cfg: FinalConfig) -> float:
     train_step = runs.compile_on_first_call(train_step, logger, "training step")
     eval_fn = make_eval_step(model, augment.make_augment(info, train=False), par)
 
+    def run_meta(epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "best_top1": best_top1,
+            "genotype": genotypes.to_str(genotype),
+            "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
+        }
+
     for epoch in range(start_epoch, cfg.epochs):
         batches = data.epoch_batches(
             np.arange(n_train, dtype=np.int32), cfg.batch_size, cfg.seed, epoch, 2
@@ -230,39 +257,55 @@ def run_final(cfg: FinalConfig) -> float:
         drop_prob = cfg.drop_path_prob * epoch / cfg.epochs
         logger.info(f"Epoch {epoch} LR {lr:.6f} drop path {drop_prob:.4f}")
         meter = reporting.EpochMeter(
-            logger, tb, epoch, cfg.epochs, steps, WIDTH, cfg.progress, "train"
+            logger,
+            tb,
+            epoch,
+            cfg.epochs,
+            steps,
+            WIDTH,
+            cfg.progress,
+            "train",
+            done=first_step,
+            totals=totals,
         )
+
+        def save_mid_epoch(state, steps_done, epoch=epoch, meter=meter):
+            mid = {"steps_done": steps_done, "steps_per_epoch": steps, "train_totals": meter.totals}
+            last.save(state, {**run_meta(epoch), **mid})
+            logger.info(f"Saved a checkpoint after step {steps_done}/{steps} of epoch {epoch + 1}")
+
         t0 = time.time()
-        for i, batch in enumerate(splits.train_batches(batches, (cfg.seed, epoch))):
-            state, metrics = train_step(state, batch)
-            meter.add(i, metrics, cfg.print_freq)
+        state = runs.run_steps(
+            train_step,
+            state,
+            splits.train_batches(batches[first_step:], (cfg.seed, epoch)),
+            first_step,
+            meter,
+            cfg.print_freq,
+            triggers,
+            save_mid_epoch,
+        )
         meter.close()
         cur_step = (epoch + 1) * steps
         tb.scalar("train/lr", lr, cur_step)
         logger.info(
             reporting.final_line("Train", epoch, cfg.epochs, meter.averages()["top1"], WIDTH)
         )
-        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
+        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps - first_step} steps)")
+        first_step, totals = 0, None
 
         val = splits.evaluate(eval_fn, state, cfg.batch_size)
         reporting.log_validation(logger, tb, val, epoch, cfg.epochs, cur_step, WIDTH)
         is_best = val["top1"] > best_top1
         best_top1 = max(best_top1, val["top1"])
-        meta = {
-            "epoch": epoch,
-            "top1": val["top1"],
-            "best_top1": best_top1,
-            "genotype": genotypes.to_str(genotype),
-            "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
-        }
+        meta = {**run_meta(epoch), "top1": val["top1"]}
         if is_best:
-            best.save(epoch, state, meta)
-        last.save(epoch, state, meta)
+            best.save(state, meta)
+        last.save(state, meta)
+        triggers.saved()
         logger.info("")
+        if triggers.stop_requested() and epoch + 1 < cfg.epochs:
+            raise triggers.stopped(f"after epoch {epoch + 1}")
 
     logger.info(f"Final best Prec@1 = {best_top1:.4%}")
-    tb.close()
-    last.close()
-    best.close()
-    runs.close_logger(logger)
     return best_top1

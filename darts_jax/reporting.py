@@ -89,14 +89,19 @@ class EpochMeter:
         width: int = 2,
         progress: bool = True,
         desc: str = "train",
+        done: int = 0,
+        totals: dict | None = None,
     ):
+        """``done`` and ``totals``: the steps already run in this epoch and their
+        summed metrics (a run resumed inside the epoch)."""
         self.logger, self.tb = logger, tb
         self.epoch, self.epochs, self.steps, self.width = epoch, epochs, steps, width
-        self.totals = dict.fromkeys(self.KEYS, 0.0)
+        self.totals = {k: float((totals or {}).get(k, 0.0)) for k in self.KEYS}
         self.pending: list = []
-        self.done = 0
+        self.done = done
         self.bar = tqdm(
             total=steps,
+            initial=done,
             desc=f"{desc} {epoch + 1}/{epochs}",
             disable=not progress,
             file=sys.stderr,
@@ -109,13 +114,7 @@ class EpochMeter:
         self.bar.update(1)
         if i % print_freq and i != self.steps - 1:
             return None
-        fetched = to_host(self.pending)
-        first_step = self.epoch * self.steps + i - len(fetched) + 1
-        for j, m in enumerate(fetched):
-            for k in self.KEYS:
-                self.totals[k] += float(m[k])
-                self.tb.scalar(f"train/{k}", m[k], first_step + j)
-        self.pending, self.done = [], i + 1
+        self.flush()
         avg = self.averages()
         self.logger.info(
             step_line(
@@ -124,6 +123,17 @@ class EpochMeter:
         )
         self.bar.set_postfix(loss=f"{avg['loss']:.3f}", top1=f"{avg['top1']:.1%}")
         return avg
+
+    def flush(self) -> None:
+        """Fetches the pending step metrics into the totals (and tensorboard)."""
+        if not self.pending:
+            return
+        fetched = to_host(self.pending)
+        for j, m in enumerate(fetched):
+            for k in self.KEYS:
+                self.totals[k] += float(m[k])
+                self.tb.scalar(f"train/{k}", m[k], self.epoch * self.steps + self.done + j)
+        self.pending, self.done = [], self.done + len(fetched)
 
     def close(self) -> None:
         self.bar.close()

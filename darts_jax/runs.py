@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import parallel, reporting, xla_env
+from darts_jax import parallel, preemption, reporting, xla_env
+from darts_jax.config import UsageError
 
 
 def open_run(out: str, name: str, resume: bool, config, kind: str):
@@ -77,6 +78,44 @@ def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable
         return compiled(*args)
 
     return call
+
+
+def resume_point(meta: dict, steps: int) -> tuple[int, int, dict | None]:
+    """(epoch, first step, train totals so far) at which a checkpoint's run goes on.
+    Epoch-end checkpoints continue with the next epoch; mid-epoch ones (``steps_done``)
+    within their epoch, which must have the same number of steps."""
+    if "steps_done" not in meta:
+        return meta["epoch"] + 1, 0, None
+    if meta["steps_per_epoch"] != steps:
+        raise UsageError(
+            f"the checkpoint was saved after step {meta['steps_done']} of an epoch of "
+            f"{meta['steps_per_epoch']} steps, but this run's epochs have {steps} steps: "
+            "resume with the --batch_size and --steps_per_epoch that wrote it"
+        )
+    return meta["epoch"], meta["steps_done"], meta["train_totals"]
+
+
+def run_steps(train_step, state, batches, first: int, meter, print_freq: int, triggers, save):
+    """Runs an epoch's steps from step ``first`` on (``batches``: those steps'
+    batches, in order) and returns the state. When ``triggers``
+    (``preemption.SaveTriggers``) asks for it after a step, the metrics so far
+    go into ``meter``'s totals and ``save(state, steps_done)`` saves the run;
+    after a save on a stop request, raises ``preemption.Stopped``."""
+    i = first - 1
+    for i, batch in enumerate(batches, start=first):
+        state, metrics = train_step(state, batch)
+        printed = meter.add(i, metrics, print_freq) is not None
+        action = triggers.check(meter.epoch * meter.steps + i + 1, printed)
+        if action is None:
+            continue
+        meter.flush()
+        save(state, i + 1)
+        triggers.saved()
+        if action == preemption.STOP:
+            raise triggers.stopped(f"after step {i + 1}/{meter.steps} of epoch {meter.epoch + 1}")
+    if i + 1 != meter.steps:
+        raise RuntimeError(f"epoch {meter.epoch + 1} ran to step {i + 1} of {meter.steps}")
+    return state
 
 
 def gather(images, labels, idx):

@@ -2,7 +2,8 @@
 
 Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
 (tensorboard), ``plots/`` (EPxx-normal/-reduce cell diagrams),
-``checkpoints/`` (orbax, every epoch, resumable) and, at the end,
+``checkpoints/`` (orbax, every epoch, every ``--checkpoint_minutes`` and on
+SIGTERM / Ctrl-C inside an epoch; resumable at the next step) and, at the end,
 ``genotype.txt`` with the best validation epoch's genotype.
 """
 
@@ -23,6 +24,7 @@ from darts_jax import (
     optim,
     parallel,
     plot,
+    preemption,
     reporting,
     runs,
 )
@@ -105,11 +107,23 @@ def build_hyper(cfg: SearchConfig) -> Hyper:
 
 
 def run_search(cfg: SearchConfig) -> genotypes.Genotype:
-    """Runs (or resumes) a search and returns the best epoch's genotype."""
+    """Runs (or resumes) a search and returns the best epoch's genotype. A stop
+    request (SIGTERM, Ctrl-C) saves after the current step and raises
+    ``preemption.Stopped``; the log, tensorboard and checkpoints close on every exit."""
     out = os.path.join(cfg.out_dir, cfg.name)
-    ckpt_dir = os.path.join(out, "checkpoints")
     logger, tb, par = runs.open_run(out, cfg.name, cfg.resume, cfg, "search")
+    try:
+        with (
+            checkpoint.Checkpoints(os.path.join(out, "checkpoints")) as ckpts,
+            preemption.SaveTriggers(cfg.checkpoint_minutes) as triggers,
+        ):
+            return _search(cfg, out, logger, tb, par, ckpts, triggers)
+    finally:
+        tb.close()
+        runs.close_logger(logger)
 
+
+def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
     w_idx, a_idx = data.search_split(len(dataset.train_labels), cfg.train_portion)
@@ -143,13 +157,18 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         )
     )
 
-    ckpts = checkpoint.Checkpoints(ckpt_dir)
-    start_epoch, best_top1, best_genotype = 0, -1.0, None
+    start_epoch, first_step, totals, best_top1, best_genotype = 0, 0, None, -1.0, None
     if cfg.resume and ckpts.latest_step() is not None:
         state, meta = ckpts.restore(state)
-        start_epoch, best_top1 = meta["epoch"] + 1, meta["best_top1"]
-        best_genotype = genotypes.from_str(meta["best_genotype"])
-        logger.info(f"Resumed from {ckpt_dir} after epoch {start_epoch}")
+        start_epoch, first_step, totals = runs.resume_point(meta, steps)
+        best_top1 = meta["best_top1"]
+        if meta["best_genotype"] is not None:
+            best_genotype = genotypes.from_str(meta["best_genotype"])
+        logger.info(
+            f"Resumed from {ckpts.directory} in epoch {start_epoch + 1} at step {first_step}"
+            if first_step
+            else f"Resumed from {ckpts.directory} after epoch {start_epoch}"
+        )
 
     state = parallel.put(state, par.replicated)  # the compiled step's input sharding
     train_aug = augment.make_augment(info, train=True)
@@ -175,26 +194,49 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
     )
     eval_rng = jax.random.PRNGKey(cfg.seed + 1)
 
+    def search_batches(w_batches, a_batches):
+        for w_batch, a_batch in zip(w_batches, a_batches, strict=True):
+            ti, tl = gather(images_dev, labels_dev, runs.put_indices(par, w_batch))
+            vi, vl = gather(images_dev, labels_dev, runs.put_indices(par, a_batch))
+            yield {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
+
+    def best_meta() -> dict:
+        best = best_genotype and genotypes.to_str(best_genotype)
+        return {"best_top1": best_top1, "best_genotype": best}
+
     for epoch in range(start_epoch, cfg.epochs):
         w_batches = data.epoch_batches(w_idx, cfg.batch_size, cfg.seed, epoch, 0)[:steps]
         a_batches = data.epoch_batches(a_idx, cfg.batch_size, cfg.seed, epoch, 1)
         a_batches = np.resize(a_batches, (steps, cfg.batch_size))  # cycle if the halves differ
         logger.info(f"Epoch {epoch} LR {float(schedule(epoch * steps)):.6f}")
         meter = reporting.EpochMeter(
-            logger, tb, epoch, cfg.epochs, steps, progress=cfg.progress, desc="search"
+            logger,
+            tb,
+            epoch,
+            cfg.epochs,
+            steps,
+            progress=cfg.progress,
+            desc="search",
+            done=first_step,
+            totals=totals,
         )
+
+        def save_mid_epoch(state, steps_done, epoch=epoch, meter=meter):
+            meta = {"epoch": epoch, "steps_done": steps_done, "steps_per_epoch": steps}
+            ckpts.save(state, {**meta, "train_totals": meter.totals, **best_meta()})
+            logger.info(f"Saved a checkpoint after step {steps_done}/{steps} of epoch {epoch + 1}")
+
         t0 = time.time()
-        for i in range(steps):
-            ti, tl = gather(images_dev, labels_dev, runs.put_indices(par, w_batches[i]))
-            vi, vl = gather(images_dev, labels_dev, runs.put_indices(par, a_batches[i]))
-            batch = {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
-            state, metrics = train_step(state, batch)
-            meter.add(i, metrics, cfg.print_freq)
+        batches = search_batches(w_batches[first_step:], a_batches[first_step:])
+        state = runs.run_steps(
+            train_step, state, batches, first_step, meter, cfg.print_freq, triggers, save_mid_epoch
+        )
         meter.close()
         cur_step = (epoch + 1) * steps
         tb.scalar("train/lr", float(schedule(epoch * steps)), cur_step)
         logger.info(reporting.final_line("Train", epoch, cfg.epochs, meter.averages()["top1"]))
-        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps} steps)")
+        logger.info(f"Epoch time {time.time() - t0:.1f} s ({steps - first_step} steps)")
+        first_step, totals = 0, None
 
         val = runs.evaluate(
             eval_fn,
@@ -217,17 +259,11 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
             )
         if val["top1"] > best_top1:
             best_top1, best_genotype = val["top1"], genotype
-        ckpts.save(
-            epoch,
-            state,
-            {
-                "epoch": epoch,
-                "best_top1": best_top1,
-                "best_genotype": genotypes.to_str(best_genotype),
-                "genotype": genotypes.to_str(genotype),
-            },
-        )
+        ckpts.save(state, {"epoch": epoch, "genotype": genotypes.to_str(genotype), **best_meta()})
+        triggers.saved()
         logger.info("")
+        if triggers.stop_requested() and epoch + 1 < cfg.epochs:
+            raise triggers.stopped(f"after epoch {epoch + 1}")
 
     if best_genotype is None:
         raise RuntimeError("no epoch was run: --epochs is already reached by the checkpoint")
@@ -237,7 +273,4 @@ def run_search(cfg: SearchConfig) -> genotypes.Genotype:
         with open(os.path.join(out, "genotype.txt"), "w") as f:
             f.write(genotypes.to_str(best_genotype) + "\n")
         plot.plot_genotype(best_genotype, os.path.join(out, "plots", "best"), "Best")
-    tb.close()
-    ckpts.close()
-    runs.close_logger(logger)
     return best_genotype

@@ -29,10 +29,29 @@ def ckpts(tmp_path):
 
 
 def test_round_trip_and_meta(ckpts):
-    ckpts.save(4, _state(), {"epoch": 4})
+    assert ckpts.save(_state(), {"epoch": 4}) == 1
     state, meta = ckpts.restore(_state(n=3))
     np.testing.assert_array_equal(state["params"]["node_edges"], [0, 1, 2])
     assert meta == {"epoch": 4} and ckpts.read_meta() == {"epoch": 4}
+
+
+def test_saves_are_numbered_on_from_the_latest_and_restore_reads_the_latest(tmp_path):
+    directory = str(tmp_path / "c")
+    with Checkpoints(directory) as ckpts:
+        # A run from before the saves were numbered in order: numbered by epoch.
+        ckpts._manager.save(5, args=_composite(_state(), {"epoch": 5}))
+        ckpts._manager.wait_until_finished()
+        assert ckpts.save(_state(), {"epoch": 5, "steps_done": 1}) == 6
+    with Checkpoints(directory) as ckpts:  # a resumed run
+        assert ckpts.save(_state(), {"epoch": 5, "steps_done": 2}) == 7
+        assert ckpts.read_meta() == {"epoch": 5, "steps_done": 2}
+        assert ckpts._manager.all_steps() == [6, 7]  # max_to_keep=2
+
+
+def _composite(state, meta):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
 
 def test_no_checkpoint_is_file_not_found(ckpts):
@@ -42,6 +61,6 @@ def test_no_checkpoint_is_file_not_found(ckpts):
 
 @pytest.mark.parametrize("target", [_state("node0_edges"), _state(n=4)])
 def test_a_checkpoint_of_another_layout_or_shape_is_one_clear_error(ckpts, target):
-    ckpts.save(1, _state(), {"epoch": 1})
+    ckpts.save(_state(), {"epoch": 1})
     with pytest.raises(UsageError, match="does not fit this run's state.*another --name"):
         ckpts.restore(target)

@@ -1,14 +1,17 @@
 """runs.compile_on_first_call: compiled once, ahead of the first execution, with
 JAX's caches dropped and the compiler's freed memory handed back in between;
-same results as the jit."""
+same results as the jit. runs.run_steps and runs.resume_point: an epoch stopped
+after a save and resumed runs the same steps on the same batches."""
 
 import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from darts_jax import runs, xla_env
+from darts_jax import preemption, reporting, runs, xla_env
+from darts_jax.config import UsageError
 
 
 def test_compile_on_first_call(monkeypatch, caplog):
@@ -38,3 +41,89 @@ def test_compile_on_first_call(monkeypatch, caplog):
     np.testing.assert_allclose(state, [18.0, 18.0, 18.0])  # 0 + 6 * (0 + 1 + 2)
     np.testing.assert_allclose(metrics["loss"], 4.0)
     assert [r.message.startswith("Compiled the test step in ") for r in caplog.records] == [True]
+
+
+class StopAt:
+    """SaveTriggers' interface: a stop request after global step ``stop``, timed saves
+    after the global steps in ``saves``."""
+
+    def __init__(self, stop=None, saves=()):
+        self.stop, self.saves, self.checked, self.resets = stop, set(saves), [], 0
+
+    def check(self, step, at_print_point):
+        self.checked.append(step)
+        return (
+            preemption.STOP
+            if step == self.stop
+            else (preemption.SAVE if step in self.saves else None)
+        )
+
+    def saved(self):
+        self.resets += 1
+
+    def stopped(self, where):
+        return preemption.Stopped(15, where)
+
+
+def _epoch(first, batches, triggers, state=(), totals=None, epoch=1, steps=6):
+    """One epoch of a toy step from step ``first``: the state is the batches seen so
+    far, the 'loss' the batch."""
+    saves = []
+    meter = reporting.EpochMeter(
+        logging.getLogger("test_run_steps"),
+        reporting.TensorBoard(None),
+        epoch,
+        3,
+        steps,
+        progress=False,
+        done=first,
+        totals=totals,
+    )
+    step = lambda s, b: ((*s, b), {"loss": b, "top1": b / 10, "top5": b / 100})  # noqa: E731
+
+    def save(state, done):
+        saves.append((state, done, dict(meter.totals)))
+
+    try:
+        state = runs.run_steps(step, state, batches, first, meter, 4, triggers, save)
+    except preemption.Stopped:
+        state = None
+    return state, meter, saves
+
+
+def test_an_epoch_stopped_and_resumed_runs_the_same_steps():
+    batches = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    triggers = StopAt(stop=6 + 2, saves=[6 + 1])  # global steps: epoch 1 of 6-step epochs
+    state, meter, saves = _epoch(0, batches, triggers)
+    assert state is None and triggers.checked == [7, 8] and triggers.resets == 2
+    assert [s[:2] for s in saves] == [((1.0,), 1), ((1.0, 2.0), 2)]
+    saved_state, _, totals = saves[-1]
+    assert totals["loss"] == 3.0 and meter.done == 2  # both steps' metrics, fetched
+
+    # Resumed at step 2 with the rest of the epoch's batches, the saved totals.
+    triggers = StopAt()
+    state, meter, _ = _epoch(2, batches[2:], triggers, saved_state, totals)
+    assert triggers.checked == [9, 10, 11, 12]
+    uninterrupted_state, uninterrupted, _ = _epoch(0, batches, StopAt())
+    assert state == uninterrupted_state == tuple(batches)
+    assert meter.done == 6 and meter.averages()["loss"] == pytest.approx(21.0 / 6)
+    assert meter.averages() == uninterrupted.averages()
+
+
+def test_an_epoch_saved_after_its_last_step_resumes_with_no_steps():
+    totals = {"loss": 21.0, "top1": 2.1, "top5": 0.21}
+    state, meter, saves = _epoch(6, [], StopAt(), ("saved",), totals)
+    assert state == ("saved",) and saves == [] and meter.averages()["loss"] == 3.5
+
+
+def test_the_batches_must_cover_the_epoch():
+    with pytest.raises(RuntimeError, match="ran to step 5 of 6"):
+        _epoch(2, [1.0, 1.0, 1.0], StopAt())
+
+
+def test_resume_point():
+    assert runs.resume_point({"epoch": 3}, 10) == (4, 0, None)
+    mid = {"epoch": 3, "steps_done": 7, "steps_per_epoch": 10, "train_totals": {"loss": 1.0}}
+    assert runs.resume_point(mid, 10) == (3, 7, {"loss": 1.0})
+    with pytest.raises(UsageError, match="step 7 of an epoch of 10 steps.*--steps_per_epoch"):
+        runs.resume_point(mid, 12)

@@ -3,20 +3,21 @@
 import glob
 import os
 import re
+import signal
 
 import pytest
 import tensorflow_datasets as tfds
 from tiny_flags import TINY
 
 import train_final
-from darts_jax import genotypes
+from darts_jax import genotypes, reporting
 
 
 def _best(log: str) -> float:
     return float(re.search(r"Final best Prec@1 = ([\d.]+)%", log).group(1))
 
 
-def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, capsys):
+def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, capsys, monkeypatch):
     out = str(tmp_path)
     geno_file = tmp_path / "genotype.txt"
     geno_file.write_text(genotypes.to_str(genotypes.CIFAR10) + "\n")
@@ -46,12 +47,30 @@ def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, caps
     assert train_final.main([*flags, "--genotype", "DARTS_V2"]) == 2
     assert "--genotype differs from the one" in capsys.readouterr().err
 
-    # The same name again refuses to overwrite; --resume continues with epoch 2.
+    # The same name again refuses to overwrite; --resume continues with epoch 2 ...
     assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2"]) == 2
-    assert train_final.main([*base, "--genotype", "CIFAR10", "--epochs", "2", "--resume"]) == 0
+    resume = [*base, "--genotype", "CIFAR10", "--epochs", "2", "--resume"]
+    real_add = reporting.EpochMeter.add
+
+    def add_then_ctrl_c_at_step_1(meter, i, metrics, print_freq):
+        if (meter.epoch, i) == (1, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_add(meter, i, metrics, print_freq)
+
+    # ... where Ctrl-C during step 1 saves after it and stops (status 130) ...
+    monkeypatch.setattr(reporting.EpochMeter, "add", add_then_ctrl_c_at_step_1)
+    assert train_final.main(resume) == 128 + signal.SIGINT
+    monkeypatch.undo()
     log = open(os.path.join(run, "f.log")).read()
-    assert "Resumed from" in log and "Train: [  2/2] Final Prec@1" in log
+    assert "Saved a checkpoint after step 2/3 of epoch 2" in log
+    assert "Train: [  2/2] Final Prec@1" not in log
+    # ... and the next --resume goes on at step 2 of epoch 2.
+    assert train_final.main(resume) == 0
+    log = open(os.path.join(run, "f.log")).read()
+    assert "Resumed from" in log and "in epoch 2 at step 2" in log
+    assert "Train: [  2/2] Final Prec@1" in log
     assert log.count("Train: [  1/") == 3  # epoch 1 ran once only
+    assert log.count("Train: [  2/2] Step 000/002") == 1  # and steps 0-1 of epoch 2 once
 
 
 def test_aux_head_and_cutout_on_mocked_mnist(tmp_path):

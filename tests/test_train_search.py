@@ -2,15 +2,20 @@
 
 import glob
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from tiny_flags import SEARCH_TINY
 
 import train_search
-from darts_jax import config, genotypes, search_loop
+from darts_jax import config, genotypes, reporting, search_loop
 
 TINY = SEARCH_TINY
 
@@ -41,6 +46,55 @@ def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
     log = open(os.path.join(run, "e2e.log")).read()
     assert "Resumed from" in log and "Train: [ 2/2] Final Prec@1" in log
     assert "Train: [ 1/2]" not in log  # epoch 1 was not run again
+
+
+def _latest_state_leaves(run_dir: str) -> list:
+    with ocp.CheckpointManager(os.path.join(run_dir, "checkpoints")) as manager:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        restored = manager.restore(manager.latest_step(), args=args)["state"]
+        return jax.tree_util.tree_leaves(restored)
+
+
+def _result_lines(log: str) -> list[str]:
+    """The log's training, validation, alpha and genotype lines (no times, no paths)."""
+    keep = re.compile(r"^(Train: |Valid: |genotype = |Best Genotype|Final best|\[\[|\s*\[)")
+    messages = (line.split(" | ", 1)[-1] for line in log.splitlines())
+    return [message for message in messages if keep.match(message)]
+
+
+def test_a_search_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    flags = ["--epochs", "1", "--out_dir", out, "--alpha_grad", "first", *TINY]
+    assert train_search.main(["--name", "whole", *flags]) == 0
+
+    real_add = reporting.EpochMeter.add
+
+    def add_then_sigterm_at_step_1(meter, i, metrics, print_freq):
+        if i == 1:  # as a cluster scheduler would, during the epoch's second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_add(meter, i, metrics, print_freq)
+
+    monkeypatch.setattr(reporting.EpochMeter, "add", add_then_sigterm_at_step_1)
+    assert train_search.main(["--name", "cut", *flags]) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    cut = os.path.join(out, "cut")
+    assert (
+        "Saved a checkpoint after step 2/3 of epoch 1" in open(os.path.join(cut, "cut.log")).read()
+    )
+    assert not os.path.exists(os.path.join(cut, "genotype.txt"))
+
+    assert train_search.main(["--name", "cut", "--resume", *flags]) == 0
+    log = open(os.path.join(cut, "cut.log")).read()
+    assert "in epoch 1 at step 2" in log
+    assert log.count("Step 000/002") == 1  # steps 0 and 1 were not run again
+    whole_log = open(os.path.join(out, "whole", "whole.log")).read()
+    # The same steps on the same batches: the same train averages (the saved totals
+    # count the first two steps), validation, alphas, genotype and final weights.
+    assert _result_lines(log) == _result_lines(whole_log) and "Step 002/002" in log
+    leaves = _latest_state_leaves(cut)
+    assert len(leaves) > 20  # weights, statistics, alphas, both optimizers, step, RNG
+    for a, b in zip(leaves, _latest_state_leaves(os.path.join(out, "whole")), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_existing_run_without_resume_exits_2(tmp_path, capsys):
