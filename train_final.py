@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax.final_loop import run_final  # imports jax: after flag checks
     from darts_jax.preemption import Stopped
+    from darts_jax.reporting import Diverged
 
     try:
         run_final(cfg)
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     except Stopped as e:  # SIGTERM or Ctrl-C, after saving
         print(f"stopped by {e}", file=sys.stderr)
         return e.exit_code
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

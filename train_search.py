@@ -15,6 +15,7 @@ def main(argv=None) -> int:
         initialize_distributed()  # before any computation
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax.preemption import Stopped
+    from darts_jax.reporting import Diverged
     from darts_jax.search_loop import run_search  # imports jax: after flag checks
 
     try:
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     except Stopped as e:  # SIGTERM or Ctrl-C, after saving
         print(f"stopped by {e}", file=sys.stderr)
         return e.exit_code
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

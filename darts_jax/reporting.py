@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -72,6 +73,11 @@ def final_line(kind: str, epoch: int, epochs: int, top1: float, width: int = 2) 
     return f"{kind}: [{epoch + 1:{width}d}/{epochs}] Final Prec@1 {top1:.4%}"
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the loops stop rather than go on
+    with broken weights (nothing after it is saved)."""
+
+
 class EpochMeter:
     """One epoch's training metrics. Step metrics stay on the device between print
     points; at each print point they are fetched (the loop's only host sync),
@@ -130,6 +136,14 @@ class EpochMeter:
             return
         fetched = to_host(self.pending)
         for j, m in enumerate(fetched):
+            if not math.isfinite(float(m["loss"])):
+                message = (
+                    f"the training loss is {float(m['loss'])} at step {self.done + j} of epoch "
+                    f"{self.epoch + 1}: the run stopped without saving the diverged state (its "
+                    "checkpoints hold only earlier ones); try smaller learning rates"
+                )
+                self.logger.error(message)
+                raise Diverged(message)
             for k in self.KEYS:
                 self.totals[k] += float(m[k])
                 self.tb.scalar(f"train/{k}", m[k], self.epoch * self.steps + self.done + j)

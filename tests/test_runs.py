@@ -88,6 +88,9 @@ def _epoch(first, batches, triggers, state=(), totals=None, epoch=1, steps=6):
         state = runs.run_steps(step, state, batches, first, meter, 4, triggers, save)
     except preemption.Stopped:
         state = None
+    except reporting.Diverged:
+        assert saves == []
+        raise
     return state, meter, saves
 
 
@@ -114,6 +117,15 @@ def test_an_epoch_saved_after_its_last_step_resumes_with_no_steps():
     totals = {"loss": 21.0, "top1": 2.1, "top5": 0.21}
     state, meter, saves = _epoch(6, [], StopAt(), ("saved",), totals)
     assert state == ("saved",) and saves == [] and meter.averages()["loss"] == 3.5
+
+
+def test_a_nan_loss_stops_the_epoch_and_is_never_saved(caplog):
+    # A timed save is due after step 3, whose loss is NaN: the meter's fetch before
+    # the save finds it, so the diverged state is not saved.
+    batches = [1.0, 2.0, float("nan"), 4.0, 5.0, 6.0]
+    with pytest.raises(reporting.Diverged, match="loss is nan at step 2 of epoch 2"):
+        _epoch(0, batches, StopAt(saves=[6 + 3]))
+    assert "loss is nan at step 2" in caplog.text
 
 
 def test_the_batches_must_cover_the_epoch():

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from tiny_flags import TINY
 
 import train_final
-from darts_jax import genotypes, reporting
+from darts_jax import final_loop, genotypes, reporting
 
 
 def _best(log: str) -> float:
@@ -125,6 +125,25 @@ def test_imagenet_streams_from_the_host(tmp_path):
     log = open(tmp_path / "i" / "i.log").read()
     assert "Epoch 0 LR 0.024250" in log  # 0.025 * 0.97: stepped at the epoch start
     assert "Valid: [  1/1] Step 001/001" in log  # 4 validation images, batch 2
+
+
+def test_a_diverged_training_exits_1_with_the_message(tmp_path, monkeypatch, capsys):
+    def diverge(cfg):
+        raise reporting.Diverged("the training loss is inf at step 3 of epoch 9: ...")
+
+    monkeypatch.setattr(final_loop, "run_final", diverge)
+    args = [
+        "--name",
+        "d",
+        "--dataset",
+        "digits",
+        "--genotype",
+        "DARTS_V2",
+        "--out_dir",
+        str(tmp_path),
+    ]
+    assert train_final.main(args) == 1
+    assert "error: the training loss is inf at step 3" in capsys.readouterr().err
 
 
 def test_eval_only_without_checkpoint_exits_2(tmp_path, capsys):

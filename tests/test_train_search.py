@@ -97,6 +97,15 @@ def test_a_search_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_pat
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_diverged_search_exits_1_with_the_message(tmp_path, monkeypatch, capsys):
+    def diverge(cfg):
+        raise reporting.Diverged("the training loss is nan at step 7 of epoch 2: ...")
+
+    monkeypatch.setattr(search_loop, "run_search", diverge)
+    assert train_search.main(["--name", "d", "--out_dir", str(tmp_path), *TINY]) == 1
+    assert "error: the training loss is nan at step 7" in capsys.readouterr().err
+
+
 def test_existing_run_without_resume_exits_2(tmp_path, capsys):
     os.makedirs(tmp_path / "x" / "checkpoints" / "0")
     assert train_search.main(["--name", "x", "--out_dir", str(tmp_path), *TINY]) == 2
