@@ -212,7 +212,7 @@ def _child(
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
     del lowered
-    runs.free_compiler_memory()  # as the training loops do before the first step
+    runs.free_compiler_memory(compiled)  # as the training loops do before the first step
     # Host memory before the first step: the compiler's peak so far, and what the
     # process holds once the compiler's memory is handed back (the step adds XLA's plan).
     compile_peak_gb, rss_before_step_gb = _host_memory_gb()
@@ -256,12 +256,10 @@ def _child(
 
 def _planned_memory_gb(compiled) -> float | None:
     """The device memory XLA plans for the step (arguments, outputs, temporaries)."""
-    try:
-        m = compiled.memory_analysis()
-        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-        return round((total - m.alias_size_in_bytes) / 1e9, 2)
-    except Exception:  # not every backend reports it
-        return None
+    from darts_jax import runs
+
+    planned = runs.planned_bytes(compiled)
+    return round(planned / 1e9, 2) if planned else None
 
 
 def _fmt(value, spec: str) -> str:

@@ -90,7 +90,7 @@ def _jax_row(config: str, kind: str, reps: int) -> dict:
     t = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t
-    runs.free_compiler_memory()  # as the loops do before the first step
+    runs.free_compiler_memory(compiled)  # as the loops do before the first step
     _, times = _timed(lambda: jax.block_until_ready(compiled(*args)), reps)
     return {
         "framework": "jax",

@@ -41,12 +41,34 @@ def open_run(out: str, name: str, resume: bool, config, kind: str):
     return logger, tb, par
 
 
-def free_compiler_memory() -> None:
-    """Drops JAX's in-memory caches (traces, lowerings, compiled programs not
-    held elsewhere) and hands the freed heap back to the system
-    (``xla_env.release_freed_memory``): call it between a big compile and
-    the first execution (``compile_on_first_call``)."""
-    jax.clear_caches()
+# Programs planning at least this much memory drop JAX's caches after compiling.
+DROP_CACHES_FROM_BYTES = 1 << 30
+
+
+def planned_bytes(compiled) -> int:
+    """The memory XLA plans for ``compiled`` (arguments, outputs, temporaries);
+    0 where the backend does not say."""
+    try:
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+        return int(total - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return 0
+
+
+def free_compiler_memory(compiled=None) -> None:
+    """Hands the compiler's freed heap back to the system
+    (``xla_env.release_freed_memory``) and drops JAX's in-memory caches (traces,
+    lowerings, compiled programs not held elsewhere): call it between a big
+    compile and the first execution (``compile_on_first_call``).
+
+    The caches stay when ``compiled``, the program just compiled, plans less than
+    ``DROP_CACHES_FROM_BYTES``: the compiler's own peak then exceeds the step's
+    buffers, so the caches cost no peak memory, while dropping them would make
+    JAX compile each small helper program again (about 150 in a tiny search;
+    BENCHMARKS.md, session 22)."""
+    if compiled is None or planned_bytes(compiled) >= DROP_CACHES_FROM_BYTES:
+        jax.clear_caches()
     gc.collect()
     xla_env.release_freed_memory()
 
@@ -55,12 +77,12 @@ def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable
     """``jitted`` (a ``jax.jit`` function) compiled ahead of time for the arguments
     of its first call, which it then runs, as every later call.
 
-    Between compiling and the first execution JAX's in-memory caches are
-    dropped (the step's trace and lowering, needed no more; other functions
-    trace again when next called, and the persistent compilation cache still
-    serves their programs) and the compiler's freed memory goes back to the
-    system (``free_compiler_memory``), so the step's buffers do not
-    come on top of it: at the default search config, second order, peak RSS
+    Between compiling and the first execution the compiler's freed memory goes
+    back to the system and, for a step planning 1 GiB or more, JAX's in-memory
+    caches are dropped (the step's trace and lowering, needed no more; other
+    functions trace again when next called, and the persistent compilation
+    cache still serves their programs; ``free_compiler_memory``), so the
+    step's buffers do not come on top of them: at the default search config, second order, peak RSS
     16.0 -> 10.05 GB with the release and 9.81 GB with the caches dropped too
     (BENCHMARKS.md, session 11). The compile time is logged. Later calls must
     pass arguments of the same shapes and shardings (a training loop's state
@@ -73,7 +95,7 @@ def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable
         if compiled is None:
             t = time.perf_counter()
             compiled = jitted.lower(*args).compile()
-            free_compiler_memory()
+            free_compiler_memory(compiled)
             logger.info(f"Compiled the {what} in {time.perf_counter() - t:.1f} s")
         return compiled(*args)
 
