@@ -1,10 +1,10 @@
 """Final training of a found cell from scratch (pt.darts's augment.py), and evaluation.
 
 Outputs in ``<out_dir>/<name>/``: ``<name>.log`` (pt.darts's lines), ``tb/``
-(tensorboard), ``plots/`` (the cell), ``checkpoints/`` (orbax, the last epoch, or
-the last save inside one: every ``--checkpoint_minutes`` and on SIGTERM /
-Ctrl-C; resumable at the next step) and ``best/`` (orbax, the best test epoch). pt.darts reports the
-test split as "Valid"; so do we.
+(tensorboard), ``plots/`` (the cell), ``checkpoints/`` (orbax, the last epoch
+or the last save inside one: every ``--checkpoint_minutes`` and on SIGTERM /
+Ctrl-C; resumable at the next step) and ``best/`` (orbax, the best test
+epoch). pt.darts reports the test split as "Valid"; so do we.
 """
 
 from __future__ import annotations
