@@ -3,8 +3,7 @@
 import sys
 
 from darts_jax import xla_env
-from darts_jax.config import SearchConfig, UsageError, parse_args
-from darts_jax.data import DataMissingError
+from darts_jax.config import SearchConfig, parse_args
 from darts_jax.parallel import initialize_distributed
 
 
@@ -14,22 +13,10 @@ def main(argv=None) -> int:
     if cfg.distributed:
         initialize_distributed()  # before any computation
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
-    from darts_jax.preemption import Stopped
-    from darts_jax.reporting import Diverged
-    from darts_jax.search_loop import run_search  # imports jax: after flag checks
+    from darts_jax import runs  # imports jax: after flag checks
+    from darts_jax.search_loop import run_search
 
-    try:
-        run_search(cfg)
-    except (DataMissingError, FileExistsError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Stopped as e:  # SIGTERM or Ctrl-C, after saving
-        print(f"stopped by {e}", file=sys.stderr)
-        return e.exit_code
-    except Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return runs.exit_status(run_search, cfg)
 
 
 if __name__ == "__main__":

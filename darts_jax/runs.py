@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,28 @@ import numpy as np
 
 from darts_jax import parallel, preemption, reporting, xla_env
 from darts_jax.config import UsageError
+from darts_jax.data import DataMissingError
+
+# What a user can fix: the scripts print the message alone and exit with status 2.
+USER_ERRORS = (DataMissingError, FileExistsError, UsageError)
+
+
+def exit_status(run: Callable, cfg, user_errors: tuple = USER_ERRORS) -> int:
+    """``run(cfg)`` for a script's ``main``, its outcome as the exit status: 0 done;
+    2 for ``user_errors`` and 1 for a diverged run (the message alone, no
+    traceback); 128 + the signal after a stop request's save."""
+    try:
+        run(cfg)
+    except user_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except preemption.Stopped as e:  # SIGTERM or Ctrl-C, after saving
+        print(f"stopped by {e}", file=sys.stderr)
+        return e.exit_code
+    except reporting.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def open_run(out: str, name: str, resume: bool, config, kind: str):
