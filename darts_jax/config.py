@@ -8,6 +8,7 @@ import os
 import re
 
 from darts_jax import architect, data, genotypes
+from darts_jax.final_model import aux_head_input_size, aux_head_min_size
 from darts_jax.search_model import REMAT_MODES  # --remat's choices
 
 
@@ -182,7 +183,26 @@ class FinalConfig:
             raise ValueError(
                 f"--torch_layout must be ptdarts_final or official_final, got {self.torch_layout!r}"
             )
+        if self.aux_weight > 0 and not self.eval_only:  # --eval_only: the checkpoint's shape
+            self._check_aux_head()
         return self
+
+    def _check_aux_head(self) -> None:
+        """The auxiliary head reads the features after cell 2 * layers // 3; small
+        images (digits' 8x8) reach it too small for its pool and 2x2 conv."""
+        info = data.dataset_info(self.dataset)
+        imagenet = info.name == "imagenet"
+        size, smallest = (
+            aux_head_input_size(info.size, self.layers, imagenet),
+            aux_head_min_size(imagenet),
+        )
+        if size < smallest:
+            raise ValueError(
+                f"--aux_weight {self.aux_weight}: the auxiliary head needs features of at "
+                f"least {smallest}x{smallest}, but {info.name}'s {info.size}x{info.size} "
+                f"images reach it as {size}x{size} (after cell {2 * self.layers // 3}); "
+                "train without it: --aux_weight 0"
+            )
 
 
 def _check_common(cfg) -> None:

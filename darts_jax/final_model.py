@@ -150,6 +150,25 @@ class FinalCell(nn.Module):
         return jnp.concatenate([states[k] for k in self.concat], axis=0)
 
 
+def aux_head_min_size(imagenet: bool = False) -> int:
+    """The smallest feature map the auxiliary head takes: its 5x5 pool, then its
+    2x2 conv, need a pooled map of at least 2x2."""
+    return 7 if imagenet else 6
+
+
+def aux_head_input_size(image_size: int, layers: int, imagenet: bool = False) -> int:
+    """Side of the feature map the auxiliary head reads (after cell 2 * layers // 3)
+    for square inputs of ``image_size``: the ImageNet stem's three stride-2 convs,
+    then every reduction cell up to the head's position."""
+    size = image_size
+    for _ in range(3 if imagenet else 0):
+        size = ops.out_size(size, 2)
+    for i in sorted(set(reduction_indices(layers))):
+        if i <= 2 * layers // 3:
+            size = ops.out_size(size, 2)
+    return size
+
+
 class AuxiliaryHead(nn.Module):
     """ReLU, AvgPool 5 (stride input_size - 5), 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear.
 
@@ -165,9 +184,8 @@ class AuxiliaryHead(nn.Module):
     def __call__(self, x, train: bool):
         """x: NHWC."""
         size = x.shape[1]
-        smallest = 7 if self.imagenet else 6
+        smallest = aux_head_min_size(self.imagenet)
         if size < smallest:
-            # The pool then a 2x2 conv need a pooled map of at least 2x2.
             raise ValueError(
                 f"the auxiliary head needs >= {smallest}x{smallest} features, got {size}x{size}: "
                 "the input is too small for it; train without it (--aux_weight 0)"

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from darts_jax import genotypes as G
-from darts_jax.final_model import FinalNetwork, count_params_excluding_aux, drop_path
+from darts_jax.final_model import (
+    FinalNetwork,
+    aux_head_input_size,
+    aux_head_min_size,
+    count_params_excluding_aux,
+    drop_path,
+)
 
 RNGS = {"params": jax.random.PRNGKey(0), "drop_path": jax.random.PRNGKey(1)}
 
@@ -44,6 +50,32 @@ def test_output_shapes_and_aux_head_only_in_training():
     assert eval_out.shape == (3, 7)
     no_aux = FinalNetwork(G.MNIST, C=4, num_classes=7, layers=3, auxiliary=False)
     assert "aux_head" not in _shapes(no_aux, (2, 32, 32, 1))["params"]
+
+
+@pytest.mark.parametrize(
+    "size, layers, imagenet, expected",
+    [
+        (32, 20, False, 8),
+        (28, 3, False, 7),
+        (8, 5, False, 2),
+        (22, 1, False, 11),
+        (12, 2, False, 3),
+        (224, 14, True, 7),
+        (128, 3, True, 4),
+    ],
+)
+def test_aux_head_input_size_is_what_the_network_feeds_it(size, layers, imagenet, expected):
+    """The size the flag check predicts (``config``) is the head's real input: the
+    network builds exactly where it is large enough, and raises otherwise."""
+    assert aux_head_input_size(size, layers, imagenet) == expected
+    model = FinalNetwork(G.DARTS_V2, C=4, num_classes=3, layers=layers, imagenet=imagenet)
+    if expected >= aux_head_min_size(imagenet):
+        variables = _shapes(model, (2, size, size, 3))
+        kernel = variables["params"]["aux_head"]["conv1"]  # (channels in, 128)
+        assert kernel.shape[1] == 128
+    else:
+        with pytest.raises(ValueError, match=f"needs >= .*got {expected}x{expected}"):
+            _shapes(model, (2, size, size, 3))
 
 
 def test_drop_path_keeps_the_expectation():

@@ -167,6 +167,12 @@ def test_missing_data_exits_2(tmp_path, capsys):
         (["--genotype", "DARTS_V2", "--checkpoint", "x"], "--checkpoint is read only"),
         (["--genotype", "DARTS_V2", "--drop_path_prob", "1"], "--drop_path_prob must be"),
         (["--genotype", "DARTS_V2", "--lr", "-1"], "--lr must be > 0"),
+        # Before any work (no run folder): digits' 8x8 images reach the head as 2x2.
+        (
+            ["--genotype", "DARTS_V2", "--layers", "5"],
+            "needs features of at least 6x6, but digits's 8x8 images reach it as 2x2 "
+            "(after cell 3); train without it: --aux_weight 0",
+        ),
     ],
 )
 def test_bad_flags_give_one_clear_message(flags, message, capsys):
