@@ -183,25 +183,33 @@ class FinalConfig:
             raise ValueError(
                 f"--torch_layout must be ptdarts_final or official_final, got {self.torch_layout!r}"
             )
-        if self.aux_weight > 0 and not self.eval_only:  # --eval_only: the checkpoint's shape
-            self._check_aux_head()
+        if not self.eval_only:  # --eval_only: the checkpoint's network, no augmentation
+            self._check_image_size()
         return self
 
-    def _check_aux_head(self) -> None:
-        """The auxiliary head reads the features after cell 2 * layers // 3; small
-        images (digits' 8x8) reach it too small for its pool and 2x2 conv."""
+    def _check_image_size(self) -> None:
+        """Checks what the data set's image size rules out: an auxiliary head the
+        features reach too small (it reads them after cell 2 * layers // 3; digits'
+        8x8 images arrive there as 2x2), and a cutout square that covers the whole
+        image wherever it is centred (training on blank images)."""
         info = data.dataset_info(self.dataset)
         imagenet = info.name == "imagenet"
         size, smallest = (
             aux_head_input_size(info.size, self.layers, imagenet),
             aux_head_min_size(imagenet),
         )
-        if size < smallest:
+        if self.aux_weight > 0 and size < smallest:
             raise ValueError(
                 f"--aux_weight {self.aux_weight}: the auxiliary head needs features of at "
                 f"least {smallest}x{smallest}, but {info.name}'s {info.size}x{info.size} "
                 f"images reach it as {size}x{size} (after cell {2 * self.layers // 3}); "
                 "train without it: --aux_weight 0"
+            )
+        if self.cutout_length // 2 >= info.size:  # augment.cutout's square: centre +- length // 2
+            raise ValueError(
+                f"--cutout_length {self.cutout_length} blanks the whole {info.size}x{info.size} "
+                f"{info.name} image wherever the square is centred; use less than "
+                f"{2 * info.size} (e.g. {info.size // 2}), or 0 for no cutout"
             )
 
 

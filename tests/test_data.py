@@ -81,6 +81,15 @@ def test_cutout_zeroes_at_most_a_square():
     assert (zeros <= 4 * 4 * 2).all() and (zeros > 0).all()
 
 
+def test_cutout_blanks_whole_images_exactly_from_twice_the_size():
+    """The bound train_final's --cutout_length check uses (length // 2 >= size)."""
+    x = jnp.ones((64, 8, 8, 1))
+    for length, always_blank in [(16, True), (17, True), (15, False), (14, False)]:
+        y = augment.cutout(jax.random.PRNGKey(length), x, length)
+        blank = np.asarray((y == 0).all(axis=(1, 2, 3)))
+        assert blank.all() == always_blank, length
+
+
 @pytest.mark.parametrize("name", sorted(data.DATASETS))
 def test_train_augment_shapes_and_ranges(name):
     info = data.dataset_info(name)

@@ -173,6 +173,11 @@ def test_missing_data_exits_2(tmp_path, capsys):
             "needs features of at least 6x6, but digits's 8x8 images reach it as 2x2 "
             "(after cell 3); train without it: --aux_weight 0",
         ),
+        (
+            ["--genotype", "DARTS_V2", "--aux_weight", "0"],  # the default cutout, 16
+            "--cutout_length 16 blanks the whole 8x8 digits image wherever the square is "
+            "centred; use less than 16 (e.g. 4), or 0 for no cutout",
+        ),
     ],
 )
 def test_bad_flags_give_one_clear_message(flags, message, capsys):
