@@ -208,11 +208,7 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
 
     splits = Splits(cfg, par)
     info, n_train = splits.info, splits.n_train
-    steps = n_train // cfg.batch_size
-    if steps < 1:
-        raise ValueError(f"--batch_size {cfg.batch_size} exceeds the {n_train} training images")
-    if cfg.steps_per_epoch:
-        steps = min(steps, cfg.steps_per_epoch)
+    steps = runs.epoch_steps(n_train, cfg.batch_size, cfg.steps_per_epoch, "training images")
     model, tx, schedule, state = build(cfg, genotype, info, steps)
     logger.info(model_size_line(state.params))
     state = parallel.put(state, par.replicated)
@@ -227,6 +223,8 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
             if first_step
             else f"Resumed from {out}/checkpoints after epoch {start_epoch}"
         )
+    elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
+        logger.info(f"--resume: no checkpoint under {out}/checkpoints yet, starting a new training")
 
     hyper = FinalHyper(steps, cfg.epochs, cfg.drop_path_prob, cfg.aux_weight, cfg.label_smoothing)
     train_aug = augment.make_augment(info, train=True, cutout_length=cfg.cutout_length)

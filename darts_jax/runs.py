@@ -125,6 +125,18 @@ def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable
     return call
 
 
+def epoch_steps(n_images: int, batch_size: int, steps_per_epoch: int, images: str) -> int:
+    """Steps per epoch: full batches of ``n_images`` (the last partial batch is
+    dropped), capped at ``steps_per_epoch`` if > 0. A batch larger than the split
+    is a ``UsageError`` naming it (``images``, e.g. "weight-split images")."""
+    steps = n_images // batch_size
+    if steps < 1:
+        raise UsageError(
+            f"--batch_size {batch_size} exceeds the {n_images} {images}; use at most {n_images}"
+        )
+    return min(steps, steps_per_epoch) if steps_per_epoch else steps
+
+
 def resume_point(meta: dict, steps: int) -> tuple[int, int, dict | None]:
     """(epoch, first step, train totals so far) at which a checkpoint's run goes on.
     Epoch-end checkpoints continue with the next epoch; mid-epoch ones (``steps_done``)

@@ -127,13 +127,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
     w_idx, a_idx = data.search_split(len(dataset.train_labels), cfg.train_portion)
-    steps = len(w_idx) // cfg.batch_size
-    if steps < 1:
-        raise ValueError(
-            f"--batch_size {cfg.batch_size} exceeds the {len(w_idx)} weight-split images"
-        )
-    if cfg.steps_per_epoch:
-        steps = min(steps, cfg.steps_per_epoch)
+    steps = runs.epoch_steps(len(w_idx), cfg.batch_size, cfg.steps_per_epoch, "weight-split images")
 
     model = build_model(cfg, info.num_classes)
     schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)
@@ -169,6 +163,8 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
             if first_step
             else f"Resumed from {ckpts.directory} after epoch {start_epoch}"
         )
+    elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
+        logger.info(f"--resume: no checkpoint under {ckpts.directory} yet, starting a new search")
 
     state = parallel.put(state, par.replicated)  # the compiled step's input sharding
     train_aug = augment.make_augment(info, train=True)

@@ -148,3 +148,11 @@ def test_resume_point():
     assert runs.resume_point(mid, 10) == (3, 7, {"loss": 1.0})
     with pytest.raises(UsageError, match="step 7 of an epoch of 10 steps.*--steps_per_epoch"):
         runs.resume_point(mid, 12)
+
+
+def test_epoch_steps_drops_the_partial_batch_caps_and_refuses_a_batch_beyond_the_split():
+    assert runs.epoch_steps(718, 64, 0, "images") == 11
+    assert runs.epoch_steps(718, 64, 3, "images") == 3
+    assert runs.epoch_steps(718, 718, 0, "images") == 1
+    with pytest.raises(UsageError, match="--batch_size 719 exceeds the 718 weight-split images"):
+        runs.epoch_steps(718, 719, 0, "weight-split images")

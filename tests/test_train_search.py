@@ -59,7 +59,10 @@ def test_a_search_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_pat
     out = str(tmp_path)
     # One (reduction) cell, first order: the loop is under test, and this compiles fast.
     flags = ["--epochs", "1", "--out_dir", out, "--alpha_grad", "first", *TINY, "--layers", "1"]
-    assert train_search.main(["--name", "whole", *flags]) == 0
+    # --resume with nothing saved yet (a job script that always passes it) starts afresh.
+    assert train_search.main(["--name", "whole", "--resume", *flags]) == 0
+    whole_log = open(os.path.join(out, "whole", "whole.log")).read()
+    assert "--resume: no checkpoint under" in whole_log and "starting a new search" in whole_log
 
     real_add = reporting.EpochMeter.add
 
@@ -111,6 +114,12 @@ def test_existing_run_without_resume_exits_2(tmp_path, capsys):
     os.makedirs(tmp_path / "x" / "checkpoints" / "0")
     assert train_search.main(["--name", "x", "--out_dir", str(tmp_path), *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_the_split_exits_2(tmp_path, capsys):
+    flags = ["--name", "b", "--out_dir", str(tmp_path), *TINY, "--batch_size", "719"]
+    assert train_search.main(flags) == 2  # digits: 1,437 train images, 718 for the weights
+    assert "--batch_size 719 exceeds the 718 weight-split images" in capsys.readouterr().err
 
 
 def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
