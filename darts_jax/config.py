@@ -226,6 +226,8 @@ def _check_common(cfg) -> None:
         )
     if cfg.stem_multiplier < 1:
         raise ValueError(f"--stem_multiplier must be >= 1, got {cfg.stem_multiplier}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's seeds, as pt.darts's np.random.seed takes
+        raise ValueError(f"--seed must be in [0, 2**32), got {cfg.seed}")
     if not cfg.checkpoint_minutes >= 0:
         raise ValueError(f"--checkpoint_minutes must be >= 0, got {cfg.checkpoint_minutes}")
 

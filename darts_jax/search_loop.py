@@ -127,7 +127,11 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     dataset = data.load(cfg.dataset, cfg.data_dir)
     info = dataset.info
     w_idx, a_idx = data.search_split(len(dataset.train_labels), cfg.train_portion)
-    steps = runs.epoch_steps(len(w_idx), cfg.batch_size, cfg.steps_per_epoch, "weight-split images")
+    split = f"(--train_portion {cfg.train_portion} of {len(dataset.train_labels)})"
+    steps = runs.epoch_steps(
+        len(w_idx), cfg.batch_size, cfg.steps_per_epoch, f"weight-split images {split}"
+    )
+    runs.epoch_steps(len(a_idx), cfg.batch_size, 0, f"alpha-split images {split}")
 
     model = build_model(cfg, info.num_classes)
     schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)

@@ -119,7 +119,13 @@ def test_existing_run_without_resume_exits_2(tmp_path, capsys):
 def test_a_batch_larger_than_the_split_exits_2(tmp_path, capsys):
     flags = ["--name", "b", "--out_dir", str(tmp_path), *TINY, "--batch_size", "719"]
     assert train_search.main(flags) == 2  # digits: 1,437 train images, 718 for the weights
-    assert "--batch_size 719 exceeds the 718 weight-split images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "--batch_size 719 exceeds the 718 weight-split images (--train_portion 0.5 of 1437)" in err
+    )
+    flags = ["--name", "a", "--out_dir", str(tmp_path), *TINY, "--train_portion", "0.999"]
+    assert train_search.main(flags) == 2  # 2 images left for the alphas, batches of 8
+    assert "--batch_size 8 exceeds the 2 alpha-split images" in capsys.readouterr().err
 
 
 def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
@@ -149,6 +155,7 @@ def test_missing_data_exits_2_with_instructions(tmp_path, capsys):
         (["--remat", "layers"], "invalid choice"),
         (["--batch_size", "x"], "invalid int value"),
         (["--init_channels", "5"], "must be even"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
     ],
 )
 def test_bad_flags_give_one_clear_message(flags, message, capsys):
