@@ -57,6 +57,11 @@ def test_torch_final_checkpoint_errors_exit_2(tmp_path, capsys):
             + ["--torch_checkpoint", str(path)]
         )
     assert "needs --eval_only and --genotype" in capsys.readouterr().err
+    # A file that is no checkpoint at all: torch.load's complaint, named as such.
+    path.write_bytes(b"not a checkpoint\n")
+    assert train_final.main([*args, "--torch_checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--torch_checkpoint {path}: not a PyTorch checkpoint that torch.load reads (" in err
 
 
 def test_search_starts_from_a_torch_search_checkpoint(tmp_path, capsys):

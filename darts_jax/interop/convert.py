@@ -503,9 +503,14 @@ def _load_file(path: str):
     except pickle.UnpicklingError:
         # pt.darts saves whole models (torch.save(model)): read them without
         # importing or running the pickled classes' code.
-        return torch.load(
-            path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module()
-        )
+        try:
+            return torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle_module()
+            )
+        except Exception as e:  # not a pickle at all: whatever torch.load tripped on
+            raise ValueError(
+                f"not a PyTorch checkpoint that torch.load reads ({type(e).__name__}: {e})"
+            ) from e
 
 
 def _is_tensor_like(v) -> bool:
