@@ -50,9 +50,12 @@ def open_run(out: str, name: str, resume: bool, config, kind: str):
         )
     par = parallel.setup(config.gpus, config.batch_size)
     main = parallel.is_main_process()
-    if main:
-        os.makedirs(os.path.join(out, "plots"), exist_ok=True)
-    logger = reporting.get_logger(os.path.join(out, f"{name}.log"), write=main)
+    try:
+        if main:
+            os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+        logger = reporting.get_logger(os.path.join(out, f"{name}.log"), write=main)
+    except OSError as e:  # not writable, a file in the way, ...
+        raise UsageError(f"cannot write the run folder {out} (--out_dir, --name): {e}") from e
     logger.info("Logger is set - training start")
     reporting.log_params(logger, config)
     tb = reporting.TensorBoard(os.path.join(out, "tb") if main else None)

@@ -116,6 +116,13 @@ def test_existing_run_without_resume_exits_2(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_an_out_dir_that_cannot_be_written_exits_2(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    flags = ["--name", "w", "--out_dir", str(tmp_path / "a_file"), *TINY]
+    assert train_search.main(flags) == 2
+    assert "cannot write the run folder" in capsys.readouterr().err
+
+
 def test_a_batch_larger_than_the_split_exits_2(tmp_path, capsys):
     flags = ["--name", "b", "--out_dir", str(tmp_path), *TINY, "--batch_size", "719"]
     assert train_search.main(flags) == 2  # digits: 1,437 train images, 718 for the weights
