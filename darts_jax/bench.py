@@ -277,6 +277,7 @@ def _run_child(cmd: list[str], timeout: float) -> dict | str:
 
 
 def main(argv=None) -> int:
+    from darts_jax.architect import MODES
     from darts_jax.config import REMAT_MODES  # the training flag's choices
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -337,6 +338,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     orders = args.order.split(",") if args.net == "search" else ["-"]
+    if args.net == "search" and not set(orders) <= set(MODES):
+        parser.error(f"--order: {args.order!r} is not a comma list of {','.join(MODES)}")
+    if args.steps < 0 or args.n_nodes < 1:
+        parser.error(f"--steps must be >= 0 and --n_nodes >= 1, got {args.steps}, {args.n_nodes}")
     if args.child:
         row = _child(
             args.net,

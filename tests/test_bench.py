@@ -65,3 +65,21 @@ def test_a_negative_size_flag_is_a_usage_error(capsys):
     assert "--layers must be a positive size, or 0 for the config's; got -2" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--order", "first,third"],
+            "--order: 'first,third' is not a comma list of first,second,fd",
+        ),
+        (["--steps", "-1"], "--steps must be >= 0 and --n_nodes >= 1, got -1, 4"),
+    ],
+)
+def test_bad_orders_and_counts_stop_before_any_row(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(flags)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "framework" not in captured.out  # no row started
