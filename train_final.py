@@ -4,14 +4,11 @@ import sys
 
 from darts_jax import xla_env
 from darts_jax.config import FinalConfig, parse_args
-from darts_jax.parallel import initialize_distributed
 
 
 def main(argv=None) -> int:
     xla_env.configure()  # before the backend starts
     cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
-    if cfg.distributed:
-        initialize_distributed()  # before any computation
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax import runs  # imports jax: after flag checks
     from darts_jax.final_loop import run_final

@@ -140,14 +140,22 @@ def is_main_process() -> bool:
 def initialize_distributed() -> None:
     """``jax.distributed.initialize()`` for multi-host runs: cluster settings are
     detected (SLURM, TPU pods, Open MPI), or read from JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU devices talk through gloo."""
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU devices talk through gloo. Missing
+    or malformed settings are a ``UsageError`` saying what to set."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     env = os.environ
     kwargs = {}
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
-    if "JAX_NUM_PROCESSES" in env:
-        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-    if "JAX_PROCESS_ID" in env:
-        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-    jax.distributed.initialize(**kwargs)
+    try:
+        if "JAX_COORDINATOR_ADDRESS" in env:
+            kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        if "JAX_NUM_PROCESSES" in env:
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if "JAX_PROCESS_ID" in env:
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # no cluster detected, or a setting that is not a number
+        raise UsageError(
+            f"--distributed: {e} (no SLURM, TPU pod or Open MPI job was detected, or its "
+            "settings are incomplete; set JAX_COORDINATOR_ADDRESS=host:port, "
+            "JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+        ) from e

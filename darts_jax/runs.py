@@ -24,8 +24,11 @@ USER_ERRORS = (DataMissingError, FileExistsError, UsageError)
 def exit_status(run: Callable, cfg, user_errors: tuple = USER_ERRORS) -> int:
     """``run(cfg)`` for a script's ``main``, its outcome as the exit status: 0 done;
     2 for ``user_errors`` and 1 for a diverged run (the message alone, no
-    traceback); 128 + the signal after a stop request's save."""
+    traceback); 128 + the signal after a stop request's save. With
+    ``cfg.distributed``, joins the other processes first (``--distributed``)."""
     try:
+        if cfg.distributed:
+            parallel.initialize_distributed()  # before any computation
         run(cfg)
     except user_errors as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@ same results as the jit. runs.run_steps and runs.resume_point: an epoch stopped
 after a save and resumed runs the same steps on the same batches."""
 
 import logging
+import types
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +157,33 @@ def test_epoch_steps_drops_the_partial_batch_caps_and_refuses_a_batch_beyond_the
     assert runs.epoch_steps(718, 718, 0, "images") == 1
     with pytest.raises(UsageError, match="--batch_size 719 exceeds the 718 weight-split images"):
         runs.epoch_steps(718, 719, 0, "weight-split images")
+
+
+@pytest.mark.parametrize(
+    "env, jax_says, message",
+    [
+        ({}, "coordinator_address should be defined.", "coordinator_address should be defined"),
+        ({"JAX_NUM_PROCESSES": "two"}, None, "invalid literal for int() with base 10: 'two'"),
+    ],
+)
+def test_distributed_without_a_cluster_exits_2_saying_what_to_set(
+    env, jax_says, message, monkeypatch, capsys
+):
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+
+    def initialize(**kwargs):  # jax's own, as it fails where it detects no cluster
+        calls.append(kwargs)
+        raise ValueError(jax_says)
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)  # leave gloo unset here
+    ran = []
+    cfg = types.SimpleNamespace(distributed=True)
+    assert runs.exit_status(ran.append, cfg) == 2
+    assert not ran and len(calls) == (0 if jax_says is None else 1)
+    err = capsys.readouterr().err
+    assert f"error: --distributed: {message}" in err and "JAX_COORDINATOR_ADDRESS=host:port" in err
