@@ -2,9 +2,12 @@
 --gpus parsing and its errors, and a two-process jax.distributed run."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -108,11 +111,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_match_one_process(tmp_path):
-    """jax.distributed over two local processes of 2 CPU devices each runs the
-    same search as one process on one device: the loop, the data sharded over
-    processes and devices, the logging and the genotype."""
-    env = {
+def _two_process_env() -> dict:
+    return {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
@@ -122,24 +122,27 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
         "JAX_NUM_PROCESSES": "2",
         "PYTHONPATH": REPO,
     }
-    # First order and one (reduction) cell keep the three compiles short; the
-    # step's equality in exact second order is checked above.
-    script = os.path.join(REPO, "train_search.py")
-    args = [
-        sys.executable,
-        script,
-        *TINY,
-        "--layers",
-        "1",
-        "--alpha_grad",
-        "first",
-        "--gpus",
-        "all",
-    ]
-    dist = [*args, "--name", "dist", "--out_dir", str(tmp_path), "--distributed"]
-    procs = [
+
+
+# First order and one (reduction) cell keep the compiles short; the step's
+# equality in exact second order is checked above.
+TWO_PROCESS_ARGS = [
+    sys.executable,
+    os.path.join(REPO, "train_search.py"),
+    *TINY,
+    "--layers",
+    "1",
+    "--alpha_grad",
+    "first",
+    "--gpus",
+    "all",
+]
+
+
+def _start_two_processes(args: list[str], env: dict) -> list[subprocess.Popen]:
+    return [
         subprocess.Popen(
-            dist,
+            [*args, "--distributed"],
             env={**env, "JAX_PROCESS_ID": str(i)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -147,8 +150,23 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
         )
         for i in range(2)
     ]
+
+
+def _finish(procs: list[subprocess.Popen]) -> tuple[list[int], str]:
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return [p.returncode for p in procs], outputs[0][-3000:] + outputs[1][-3000:]
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+    """jax.distributed over two local processes of 2 CPU devices each runs the
+    same search as one process on one device: the loop, the data sharded over
+    processes and devices, the logging and the genotype."""
+    env = _two_process_env()
+    args = TWO_PROCESS_ARGS
+    codes, outputs = _finish(
+        _start_two_processes([*args, "--name", "dist", "--out_dir", str(tmp_path)], env)
+    )
+    assert codes == [0, 0], outputs
     single = [*args[:-2], "--gpus", "0", "--name", "single", "--out_dir", str(tmp_path)]
     subprocess.run(single, env=env, check=True, capture_output=True)
     log = open(tmp_path / "dist" / "dist.log").read()
@@ -160,3 +178,34 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     last = lambda text: [line for line in text.splitlines() if "Final best Prec@1" in line][-1]  # noqa: E731
     single_log = open(tmp_path / "single" / "single.log").read()
     assert last(log).split("|")[1] == last(single_log).split("|")[1]
+
+
+def test_sigterm_on_one_of_two_processes_saves_both_at_one_step_and_resumes(tmp_path):
+    """A scheduler stopping one host of two: JAX's preemption sync point turns the
+    SIGTERM into a save after the same step on both processes, both exit with
+    143, and --resume on both goes on at the next step and finishes the run."""
+    env = _two_process_env()
+    steps = 16  # a long enough epoch for the signal to land inside it
+    args = [*TWO_PROCESS_ARGS, "--steps_per_epoch", str(steps), "--print_freq", "1"]
+    args += ["--name", "stop", "--out_dir", str(tmp_path)]
+    log_path = tmp_path / "stop" / "stop.log"
+    procs = _start_two_processes(args, env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if log_path.exists() and f"Step 001/{steps - 1:03d}" in log_path.read_text():
+            procs[1].send_signal(signal.SIGTERM)  # the host that writes no log
+            break
+        time.sleep(0.05)
+    codes, outputs = _finish(procs)
+    assert codes == [128 + signal.SIGTERM] * 2, outputs
+    saved = re.findall(r"Saved a checkpoint after step (\d+)/16 of epoch 1", log_path.read_text())
+    assert len(saved) == 1 and 2 <= int(saved[0]) < steps, outputs
+    done = int(saved[0])
+
+    codes, outputs = _finish(_start_two_processes([*args, "--resume"], env))
+    assert codes == [0, 0], outputs
+    log = log_path.read_text()
+    assert f"Resumed from {tmp_path / 'stop' / 'checkpoints'} in epoch 1 at step {done}" in log
+    for i in range(steps):  # every step logged once: none lost, none run twice
+        assert log.count(f"Step {i:03d}/{steps - 1:03d}") == 1, i
+    assert os.path.exists(tmp_path / "stop" / "genotype.txt")
