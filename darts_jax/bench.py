@@ -12,7 +12,9 @@
         python -m darts_jax.bench --net search --order first --gpus '0;0,1;0,1,2,3;all'
 
 Each row runs in a fresh child process (so peak memory is that step's alone)
-and prints trace+compile seconds, steady seconds per step, images/s (search:
+and prints trace+compile seconds (of which "trace s" is JAX's tracing and
+lowering, single-threaded Python that a persistent-cache hit still pays),
+steady seconds per step, images/s (search:
 train + val images per step) and peak memory (device peak on a GPU, RSS on
 the CPU). With ``--torch`` every row is followed by the same network in our
 PyTorch reference (``darts_jax.interop.torch_bench``, needs torch) and the
@@ -364,7 +366,7 @@ def main(argv=None) -> int:
         )
     print(
         f"{'framework':9} {'net':6} {'config':8} {'order':6} {'devices':>7} {'compile s':>9} "
-        f"{'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7}",
+        f"{'trace s':>7} {'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7}",
         flush=True,
     )
     for order, gpus in [(o, g) for o in orders for g in args.gpus.split(";")]:
@@ -390,6 +392,7 @@ def main(argv=None) -> int:
             compile_s = r.get("trace_compile_s", r.get("warmup_s", float("nan")))
             print(
                 f"{framework:9} {args.net:6} {args.config:8} {order:6} {n:>7} {compile_s:>9.1f} "
+                f"{_fmt(r.get('trace_s'), '7.1f')} "
                 f"{_fmt(r['step_s'], '9.4f')} {_fmt(r['images_per_s'], '9.1f')} "
                 f"{r['peak_mem_gb']:>8.2f} {_fmt(r.get('planned_gb'), '7.2f')}",
                 flush=True,

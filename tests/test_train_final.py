@@ -12,6 +12,10 @@ from tiny_flags import TINY
 import train_final
 from darts_jax import final_loop, genotypes, reporting
 
+# digits' 8x8 images are too small for the auxiliary head and the default 16-pixel
+# cutout (both flag errors, tested below).
+DIGITS_FINAL = ["--aux_weight", "0", "--cutout_length", "4"]
+
 
 def _best(log: str) -> float:
     return float(re.search(r"Final best Prec@1 = ([\d.]+)%", log).group(1))
@@ -21,7 +25,7 @@ def test_tiny_training_writes_outputs_and_eval_only_reproduces_it(tmp_path, caps
     out = str(tmp_path)
     geno_file = tmp_path / "genotype.txt"
     geno_file.write_text(genotypes.to_str(genotypes.CIFAR10) + "\n")
-    base = ["--name", "f", "--dataset", "digits", "--out_dir", out, "--aux_weight", "0", *TINY]
+    base = ["--name", "f", "--dataset", "digits", "--out_dir", out, *DIGITS_FINAL, *TINY]
     assert train_final.main([*base, "--genotype", str(geno_file), "--epochs", "1"]) == 0
     run = os.path.join(out, "f")
     log = open(os.path.join(run, "f.log")).read()
@@ -141,6 +145,7 @@ def test_a_diverged_training_exits_1_with_the_message(tmp_path, monkeypatch, cap
         "DARTS_V2",
         "--out_dir",
         str(tmp_path),
+        *DIGITS_FINAL,
     ]
     assert train_final.main(args) == 1
     assert "error: the training loss is inf at step 3" in capsys.readouterr().err
