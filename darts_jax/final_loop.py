@@ -218,11 +218,7 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
         state, meta = last.restore(state)
         start_epoch, first_step, totals = runs.resume_point(meta, steps)
         best_top1 = meta["best_top1"]
-        logger.info(
-            f"Resumed from {out}/checkpoints in epoch {start_epoch + 1} at step {first_step}"
-            if first_step
-            else f"Resumed from {out}/checkpoints after epoch {start_epoch}"
-        )
+        runs.log_resumed(logger, meta, cfg, f"{out}/checkpoints", start_epoch, first_step)
     elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
         logger.info(f"--resume: no checkpoint under {out}/checkpoints yet, starting a new training")
 
@@ -244,6 +240,7 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
             "best_top1": best_top1,
             "genotype": genotypes.to_str(genotype),
             "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
+            "flags": runs.run_flags(cfg),
         }
 
     for epoch in range(start_epoch, cfg.epochs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -141,6 +142,39 @@ def epoch_steps(n_images: int, batch_size: int, steps_per_epoch: int, images: st
             f"--batch_size {batch_size} exceeds the {n_images} {images}; use at most {n_images}"
         )
     return min(steps, steps_per_epoch) if steps_per_epoch else steps
+
+
+# Flags that do not change what a resumed run computes: where files are, devices,
+# reporting, and the starting points that a restored checkpoint replaces.
+UNTRACKED_FLAGS = frozenset(
+    {"name", "resume", "checkpoint_minutes", "progress", "print_freq", "out_dir", "data_dir"}
+    | {"workers", "gpus", "distributed", "eval_only", "checkpoint", "init_from", "init_layout"}
+    | {"torch_checkpoint", "torch_layout"}
+)
+
+
+def run_flags(cfg) -> dict:
+    """The flags that decide what a run computes, for its checkpoints' metadata."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRACKED_FLAGS}
+
+
+def changed_flags(meta: dict, cfg) -> list[str]:
+    """``--flag saved -> now`` for each flag a resumed run sets otherwise than the
+    run that saved ``meta`` (nothing for checkpoints saved without flags)."""
+    saved, now = meta.get("flags") or {}, run_flags(cfg)
+    return [f"--{k} {saved[k]} -> {now[k]}" for k in now if k in saved and saved[k] != now[k]]
+
+
+def log_resumed(logger, meta: dict, cfg, where: str, epoch: int, first_step: int) -> None:
+    """The resume's log line, and a warning naming every flag it changed."""
+    logger.info(
+        f"Resumed from {where} in epoch {epoch + 1} at step {first_step}"
+        if first_step
+        else f"Resumed from {where} after epoch {epoch}"
+    )
+    changes = changed_flags(meta, cfg)
+    if changes:
+        logger.warning("The resumed run's flags differ from the saved run's: " + ", ".join(changes))
 
 
 def resume_point(meta: dict, steps: int) -> tuple[int, int, dict | None]:

@@ -162,11 +162,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
         best_top1 = meta["best_top1"]
         if meta["best_genotype"] is not None:
             best_genotype = genotypes.from_str(meta["best_genotype"])
-        logger.info(
-            f"Resumed from {ckpts.directory} in epoch {start_epoch + 1} at step {first_step}"
-            if first_step
-            else f"Resumed from {ckpts.directory} after epoch {start_epoch}"
-        )
+        runs.log_resumed(logger, meta, cfg, ckpts.directory, start_epoch, first_step)
     elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
         logger.info(f"--resume: no checkpoint under {ckpts.directory} yet, starting a new search")
 
@@ -200,9 +196,9 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
             vi, vl = gather(images_dev, labels_dev, runs.put_indices(par, a_batch))
             yield {"train_images": ti, "train_labels": tl, "val_images": vi, "val_labels": vl}
 
-    def best_meta() -> dict:
+    def run_meta() -> dict:
         best = best_genotype and genotypes.to_str(best_genotype)
-        return {"best_top1": best_top1, "best_genotype": best}
+        return {"best_top1": best_top1, "best_genotype": best, "flags": runs.run_flags(cfg)}
 
     for epoch in range(start_epoch, cfg.epochs):
         w_batches = data.epoch_batches(w_idx, cfg.batch_size, cfg.seed, epoch, 0)[:steps]
@@ -223,7 +219,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
 
         def save_mid_epoch(state, steps_done, epoch=epoch, meter=meter):
             meta = {"epoch": epoch, "steps_done": steps_done, "steps_per_epoch": steps}
-            ckpts.save(state, {**meta, "train_totals": meter.totals, **best_meta()})
+            ckpts.save(state, {**meta, "train_totals": meter.totals, **run_meta()})
             logger.info(f"Saved a checkpoint after step {steps_done}/{steps} of epoch {epoch + 1}")
 
         t0 = time.time()
@@ -259,7 +255,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
             )
         if val["top1"] > best_top1:
             best_top1, best_genotype = val["top1"], genotype
-        ckpts.save(state, {"epoch": epoch, "genotype": genotypes.to_str(genotype), **best_meta()})
+        ckpts.save(state, {"epoch": epoch, "genotype": genotypes.to_str(genotype), **run_meta()})
         triggers.saved()
         logger.info("")
         if triggers.stop_requested() and epoch + 1 < cfg.epochs:

@@ -3,6 +3,8 @@ JAX's caches dropped and the compiler's freed memory handed back in between;
 same results as the jit. runs.run_steps and runs.resume_point: an epoch stopped
 after a save and resumed runs the same steps on the same batches."""
 
+import dataclasses
+import json
 import logging
 import types
 
@@ -187,3 +189,15 @@ def test_distributed_without_a_cluster_exits_2_saying_what_to_set(
     assert not ran and len(calls) == (0 if jax_says is None else 1)
     err = capsys.readouterr().err
     assert f"error: --distributed: {message}" in err and "JAX_COORDINATOR_ADDRESS=host:port" in err
+
+
+def test_changed_flags_names_what_a_resume_changes_and_ignores_where_and_how_it_runs():
+    from darts_jax.config import SearchConfig
+
+    saved = SearchConfig(name="a", dataset="digits", epochs=50, w_lr=0.025)
+    meta = json.loads(json.dumps({"flags": runs.run_flags(saved)}))  # as the checkpoint holds it
+    same = dataclasses.replace(saved, resume=True, out_dir="elsewhere", gpus="all", progress=False)
+    assert runs.changed_flags(meta, same) == []
+    resumed = dataclasses.replace(same, epochs=60, w_lr=0.05)
+    assert runs.changed_flags(meta, resumed) == ["--w_lr 0.025 -> 0.05", "--epochs 50 -> 60"]
+    assert runs.changed_flags({"epoch": 3}, resumed) == []  # saved before flags were stored

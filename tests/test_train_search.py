@@ -82,7 +82,7 @@ def test_a_search_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_pat
 
     assert train_search.main(["--name", "cut", "--resume", *flags]) == 0
     log = open(os.path.join(cut, "cut.log")).read()
-    assert "in epoch 1 at step 2" in log
+    assert "in epoch 1 at step 2" in log and "flags differ" not in log
     assert log.count("Step 000/002") == 1  # steps 0 and 1 were not run again
     whole_log = open(os.path.join(out, "whole", "whole.log")).read()
     # The same steps on the same batches: the same train averages (the saved totals
@@ -98,6 +98,7 @@ def test_a_search_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_pat
     assert train_search.main(more) == 0
     log = open(os.path.join(cut, "cut.log")).read()
     assert "after epoch 1" in log and "Train: [ 2/2] Final Prec@1" in log
+    assert "The resumed run's flags differ from the saved run's: --epochs 1 -> 2" in log
     assert "Train: [ 1/2]" not in log  # epoch 1 was not run again
 
 
