@@ -10,7 +10,7 @@ from darts_jax.config import UsageError
 # orbax's failed read of a wrongly shaped array leaves a coroutine that its worker
 # thread finalises later, on a closed event loop; Python reports that as an
 # unraisable exception in whichever test runs then (not ours to fix): pyproject.toml
-# ignores that one coroutine's report. The test that provokes it runs last here.
+# ignores those reports alone. The test that provokes them runs last here.
 
 
 def _state(edges_name="node_edges", n=3):
