@@ -186,6 +186,7 @@ def test_sigterm_on_one_of_two_processes_saves_both_at_one_step_and_resumes(tmp_
     143, and --resume on both goes on at the next step and finishes the run."""
     env = _two_process_env()
     steps = 16  # a long enough epoch for the signal to land inside it
+    # (the later --steps_per_epoch and --print_freq override TINY's)
     args = [*TWO_PROCESS_ARGS, "--steps_per_epoch", str(steps), "--print_freq", "1"]
     args += ["--name", "stop", "--out_dir", str(tmp_path)]
     log_path = tmp_path / "stop" / "stop.log"
@@ -198,7 +199,9 @@ def test_sigterm_on_one_of_two_processes_saves_both_at_one_step_and_resumes(tmp_
         time.sleep(0.05)
     codes, outputs = _finish(procs)
     assert codes == [128 + signal.SIGTERM] * 2, outputs
-    saved = re.findall(r"Saved a checkpoint after step (\d+)/16 of epoch 1", log_path.read_text())
+    saved = re.findall(
+        rf"Saved a checkpoint after step (\d+)/{steps} of epoch 1", log_path.read_text()
+    )
     assert len(saved) == 1 and 2 <= int(saved[0]) < steps, outputs
     done = int(saved[0])
 
