@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import parallel, preemption, reporting, xla_env
+from darts_jax import genotypes, parallel, preemption, reporting, xla_env
 from darts_jax.config import UsageError
 from darts_jax.data import DataMissingError
 
@@ -154,8 +154,13 @@ UNTRACKED_FLAGS = frozenset(
 
 
 def run_flags(cfg) -> dict:
-    """The flags that decide what a run computes, for its checkpoints' metadata."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRACKED_FLAGS}
+    """The flags that decide what a run computes, for its checkpoints' metadata.
+    A ``--genotype`` is kept as its text, whether it was given as a name, a file
+    or text (so that the same genotype given another way is no change)."""
+    flags = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNTRACKED_FLAGS}
+    if flags.get("genotype") is not None:
+        flags["genotype"] = genotypes.to_str(genotypes.resolve(flags["genotype"]))
+    return flags
 
 
 def changed_flags(meta: dict, cfg) -> list[str]:

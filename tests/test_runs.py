@@ -201,3 +201,16 @@ def test_changed_flags_names_what_a_resume_changes_and_ignores_where_and_how_it_
     resumed = dataclasses.replace(same, epochs=60, w_lr=0.05)
     assert runs.changed_flags(meta, resumed) == ["--w_lr 0.025 -> 0.05", "--epochs 50 -> 60"]
     assert runs.changed_flags({"epoch": 3}, resumed) == []  # saved before flags were stored
+
+
+def test_a_genotype_given_another_way_is_no_change(tmp_path):
+    from darts_jax import genotypes
+    from darts_jax.config import FinalConfig
+
+    path = tmp_path / "genotype.txt"
+    path.write_text(genotypes.to_str(genotypes.DARTS_V2) + "\n")
+    saved = FinalConfig(name="a", dataset="digits", genotype="DARTS_V2")
+    meta = json.loads(json.dumps({"flags": runs.run_flags(saved)}))
+    assert runs.changed_flags(meta, dataclasses.replace(saved, genotype=str(path))) == []
+    changed = runs.changed_flags(meta, dataclasses.replace(saved, genotype="DARTS_V1"))
+    assert len(changed) == 1 and changed[0].startswith("--genotype Genotype(")
