@@ -213,12 +213,13 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
     logger.info(model_size_line(state.params))
     state = parallel.put(state, par.replicated)
 
+    flags = runs.run_flags(cfg)  # kept in every checkpoint (reads --genotype once, here)
     start_epoch, first_step, totals, best_top1 = 0, 0, None, -1.0
     if cfg.resume and last.latest_step() is not None:
         state, meta = last.restore(state)
         start_epoch, first_step, totals = runs.resume_point(meta, steps)
         best_top1 = meta["best_top1"]
-        runs.log_resumed(logger, meta, cfg, f"{out}/checkpoints", start_epoch, first_step)
+        runs.log_resumed(logger, meta, flags, f"{out}/checkpoints", start_epoch, first_step)
     elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
         logger.info(f"--resume: no checkpoint under {out}/checkpoints yet, starting a new training")
 
@@ -240,7 +241,7 @@ def _train(cfg, out, logger, tb, par, last, best, triggers) -> float:
             "best_top1": best_top1,
             "genotype": genotypes.to_str(genotype),
             "model": {k: getattr(cfg, k) for k in MODEL_FIELDS},
-            "flags": runs.run_flags(cfg),
+            "flags": flags,
         }
 
     for epoch in range(start_epoch, cfg.epochs):

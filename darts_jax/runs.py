@@ -163,21 +163,23 @@ def run_flags(cfg) -> dict:
     return flags
 
 
-def changed_flags(meta: dict, cfg) -> list[str]:
-    """``--flag saved -> now`` for each flag a resumed run sets otherwise than the
-    run that saved ``meta`` (nothing for checkpoints saved without flags)."""
-    saved, now = meta.get("flags") or {}, run_flags(cfg)
+def changed_flags(meta: dict, now: dict) -> list[str]:
+    """``--flag saved -> now`` for each flag (``now``: this run's ``run_flags``) a
+    resumed run sets otherwise than the run that saved ``meta`` (nothing for
+    checkpoints saved without flags)."""
+    saved = meta.get("flags") or {}
     return [f"--{k} {saved[k]} -> {now[k]}" for k in now if k in saved and saved[k] != now[k]]
 
 
-def log_resumed(logger, meta: dict, cfg, where: str, epoch: int, first_step: int) -> None:
-    """The resume's log line, and a warning naming every flag it changed."""
+def log_resumed(logger, meta: dict, flags: dict, where: str, epoch: int, first_step: int) -> None:
+    """The resume's log line, and a warning naming every flag it changed (``flags``:
+    this run's ``run_flags``)."""
     logger.info(
         f"Resumed from {where} in epoch {epoch + 1} at step {first_step}"
         if first_step
         else f"Resumed from {where} after epoch {epoch}"
     )
-    changes = changed_flags(meta, cfg)
+    changes = changed_flags(meta, flags)
     if changes:
         logger.warning("The resumed run's flags differ from the saved run's: " + ", ".join(changes))
 

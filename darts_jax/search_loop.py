@@ -155,6 +155,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
         )
     )
 
+    flags = runs.run_flags(cfg)  # kept in every checkpoint
     start_epoch, first_step, totals, best_top1, best_genotype = 0, 0, None, -1.0, None
     if cfg.resume and ckpts.latest_step() is not None:
         state, meta = ckpts.restore(state)
@@ -162,7 +163,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
         best_top1 = meta["best_top1"]
         if meta["best_genotype"] is not None:
             best_genotype = genotypes.from_str(meta["best_genotype"])
-        runs.log_resumed(logger, meta, cfg, ckpts.directory, start_epoch, first_step)
+        runs.log_resumed(logger, meta, flags, ckpts.directory, start_epoch, first_step)
     elif cfg.resume:  # e.g. a scheduler's job script that always passes --resume
         logger.info(f"--resume: no checkpoint under {ckpts.directory} yet, starting a new search")
 
@@ -198,7 +199,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
 
     def run_meta() -> dict:
         best = best_genotype and genotypes.to_str(best_genotype)
-        return {"best_top1": best_top1, "best_genotype": best, "flags": runs.run_flags(cfg)}
+        return {"best_top1": best_top1, "best_genotype": best, "flags": flags}
 
     for epoch in range(start_epoch, cfg.epochs):
         w_batches = data.epoch_batches(w_idx, cfg.batch_size, cfg.seed, epoch, 0)[:steps]

@@ -197,10 +197,14 @@ def test_changed_flags_names_what_a_resume_changes_and_ignores_where_and_how_it_
     saved = SearchConfig(name="a", dataset="digits", epochs=50, w_lr=0.025)
     meta = json.loads(json.dumps({"flags": runs.run_flags(saved)}))  # as the checkpoint holds it
     same = dataclasses.replace(saved, resume=True, out_dir="elsewhere", gpus="all", progress=False)
-    assert runs.changed_flags(meta, same) == []
+    assert runs.changed_flags(meta, runs.run_flags(same)) == []
     resumed = dataclasses.replace(same, epochs=60, w_lr=0.05)
-    assert runs.changed_flags(meta, resumed) == ["--w_lr 0.025 -> 0.05", "--epochs 50 -> 60"]
-    assert runs.changed_flags({"epoch": 3}, resumed) == []  # saved before flags were stored
+    assert runs.changed_flags(meta, runs.run_flags(resumed)) == [
+        "--w_lr 0.025 -> 0.05",
+        "--epochs 50 -> 60",
+    ]
+    old_meta = {"epoch": 3}  # saved before flags were stored
+    assert runs.changed_flags(old_meta, runs.run_flags(resumed)) == []
 
 
 def test_a_genotype_given_another_way_is_no_change(tmp_path):
@@ -211,6 +215,12 @@ def test_a_genotype_given_another_way_is_no_change(tmp_path):
     path.write_text(genotypes.to_str(genotypes.DARTS_V2) + "\n")
     saved = FinalConfig(name="a", dataset="digits", genotype="DARTS_V2")
     meta = json.loads(json.dumps({"flags": runs.run_flags(saved)}))
-    assert runs.changed_flags(meta, dataclasses.replace(saved, genotype=str(path))) == []
-    changed = runs.changed_flags(meta, dataclasses.replace(saved, genotype="DARTS_V1"))
+
+    def changes(genotype):
+        return runs.changed_flags(
+            meta, runs.run_flags(dataclasses.replace(saved, genotype=genotype))
+        )
+
+    assert changes(str(path)) == []
+    changed = changes("DARTS_V1")
     assert len(changed) == 1 and changed[0].startswith("--genotype Genotype(")
