@@ -35,8 +35,6 @@ from jax import lax
 from darts_jax import ops, remat
 from darts_jax.genotypes import PRIMITIVES, edge_offsets, num_edges
 
-_OP_INDEX = {name: i for i, name in enumerate(PRIMITIVES)}
-
 # NodeEdges runs its scan as a loop on cells whose node states have fewer
 # elements than this, and as one call per source node (real edges only) on
 # larger ones. A loop compiles one body (the test-size second-order step
@@ -125,20 +123,31 @@ def mixed_edges(params, x_scnhw: jax.Array, weights_mso: jax.Array, stride: int,
     terms["dil_conv_3x3"], terms["dil_conv_5x5"] = dil[0], dil[1]
 
     # `none` contributes exactly zero and is left out of the sum; its alpha
-    # still matters through the softmax normalisation.
-    def weighted(name, term, target=slice(None)):
-        return term * weights_mso[target, :, _OP_INDEX[name], None, None, None, None]
+    # still matters through the softmax normalisation. The weights are split
+    # per op (and per target below) by one `unstack` each, whose transpose is
+    # one stack of the alpha cotangents; indexing per term would transpose to
+    # one zero-padded copy of the whole weight array per term, all added up.
+    weights_op_ms = dict(zip(PRIMITIVES, jnp.unstack(weights_mso, axis=-1), strict=True))
+
+    def weighted(term, weights):
+        return term * weights[..., None, None, None, None]
 
     n_targets = weights_mso.shape[0]
     shared = {n: t[0] for n, t in terms.items() if t.shape[0] == 1 and n_targets > 1}
-    out = sum_terms(weighted(name, term) for name, term in terms.items() if name not in shared)
+    out = sum_terms(
+        weighted(term, weights_op_ms[name]) for name, term in terms.items() if name not in shared
+    )
     if shared:
         # A term shared by the M targets is weighted per target in a loop rather
         # than broadcast over M: its gradient is then a sum of M products, which
         # XLA:CPU fuses elementwise, where a broadcast's gradient is a reduction
         # over the leading M axis that YNNPACK runs several times slower.
+        per_target = {n: jnp.unstack(weights_op_ms[n]) for n in shared}  # M x (S,)
         out = out + jnp.stack(
-            [sum_terms(weighted(n, t, m) for n, t in shared.items()) for m in range(n_targets)]
+            [
+                sum_terms(weighted(t, per_target[n][m]) for n, t in shared.items())
+                for m in range(n_targets)
+            ]
         )
     return out
 
