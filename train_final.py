@@ -7,7 +7,7 @@ from darts_jax.config import FinalConfig, parse_args
 
 
 def main(argv=None) -> int:
-    xla_env.configure()  # before the backend starts
+    xla_env.configure(program="final")  # before the backend starts
     cfg = parse_args(argv, FinalConfig, "DARTS final training of a genotype from scratch")
     xla_env.enable_compilation_cache()  # a resumed run loads its compiled steps
     from darts_jax import runs  # imports jax: after flag checks

@@ -185,7 +185,7 @@ def _child(
 ) -> dict:
     from darts_jax import xla_env
 
-    xla_env.configure()  # as the training scripts do
+    xla_env.configure(program=net)  # as the training scripts do
     import jax
 
     from darts_jax import parallel, runs

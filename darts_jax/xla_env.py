@@ -36,6 +36,19 @@ checks pass with it (``tests/test_xla_env.py`` compares a float32 value and
 gradient with and without it). It only affects the CPU backend; jax 0.11.2
 accepts it too.
 
+The final-training network (``configure(program="final")``, what
+``train_final.py`` and ``darts_jax.bench --net final`` use) hands YNNPACK
+its matrix products only (``--xla_cpu_experimental_ynn_fusion_type=dot``):
+there the elementwise fusions and reductions cost memory and no time. Its
+default-config step (C=36, 20 cells, batch 96, auxiliary head; ``python -m
+darts_jax.bench --net final --config default --steps 2`` with and without
+``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot``, alternating, on
+this project's 2-core CPU; BENCHMARKS.md, session 25): 11.79 s per step,
+73.2 s to trace and compile, 8.07 GB peak (XLA plan 7.06 GB) against 11.81
+s, 89.9 s and 13.31 GB (12.34 GB) with all three; a second pair, in the
+other order, 12.34 s, 87.2 s and 8.06 GB against 12.00 s, 72.0 s and 13.25
+GB (the compile times are this machine's drift).
+
 Set ``DARTS_JAX_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched; a flag the
 user already set is never overridden.
 
@@ -85,20 +98,27 @@ DEFAULT_FLAGS = (
     "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
     "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
 )
+# The final-training network's defaults: YNNPACK for matrix products only.
+FINAL_FLAGS = (*DEFAULT_FLAGS[:2], "--xla_cpu_experimental_ynn_fusion_type=dot")
+PROGRAM_FLAGS = {"search": DEFAULT_FLAGS, "final": FINAL_FLAGS}
 CACHE_ENV = "DARTS_JAX_CACHE_DIR"
 _CACHE_OFF = ("", "0", "off", "none")
 
 
-def configure(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Adds DEFAULT_FLAGS to ``XLA_FLAGS`` (unless opted out or already set); returns it.
+def configure(environ: MutableMapping[str, str] = os.environ, program: str = "search") -> str:
+    """Adds the defaults of ``program`` (``PROGRAM_FLAGS``: 'search' or 'final', the
+    network the process trains) to ``XLA_FLAGS`` unless opted out or already set;
+    returns it.
 
     Call before the first JAX computation: XLA reads the variable when the
     backend starts, not when jax is imported.
     """
+    if program not in PROGRAM_FLAGS:
+        raise ValueError(f"unknown program {program!r}; choose one of {sorted(PROGRAM_FLAGS)}")
     flags = environ.get("XLA_FLAGS", "")
     if environ.get("DARTS_JAX_XLA_DEFAULTS", "1") == "0":
         return flags
-    for flag in DEFAULT_FLAGS:
+    for flag in PROGRAM_FLAGS[program]:
         if flag.split("=")[0] not in flags:
             flags = f"{flags} {flag}".strip()
     environ["XLA_FLAGS"] = flags

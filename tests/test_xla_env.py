@@ -29,6 +29,21 @@ def test_adds_defaults_once_and_keeps_user_flags():
     assert xla_env.configure({"DARTS_JAX_XLA_DEFAULTS": "0"}) == ""
 
 
+def test_final_program_hands_ynnpack_products_only():
+    flags = xla_env.configure({}, program="final")
+    assert "--xla_cpu_experimental_ynn_fusion_type=dot" in flags.split()
+    assert "eltwise" not in flags
+    assert "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE" in flags.split()
+    search = xla_env.configure({}, program="search")
+    assert search == xla_env.configure({})  # search is the default
+    assert "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce" in search.split()
+    # The user's own choice wins over either program's default.
+    user = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise"}
+    assert xla_env.configure(user, program="final").count("ynn_fusion_type") == 1
+    with pytest.raises(ValueError, match="unknown program 'augment'"):
+        xla_env.configure({}, program="augment")
+
+
 def test_cpu_backend_accepts_the_flags():
     code = (
         "from darts_jax import xla_env; xla_env.configure(); import jax.numpy as jnp; "
