@@ -93,14 +93,15 @@ import os
 import sys
 from collections.abc import MutableMapping
 
-DEFAULT_FLAGS = (
+_COMMON_FLAGS = (
     "--xla_gpu_enable_triton_gemm=false",
     "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE",
-    "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
 )
-# The final-training network's defaults: YNNPACK for matrix products only.
-FINAL_FLAGS = (*DEFAULT_FLAGS[:2], "--xla_cpu_experimental_ynn_fusion_type=dot")
-PROGRAM_FLAGS = {"search": DEFAULT_FLAGS, "final": FINAL_FLAGS}
+# Each network's defaults; they differ in what YNNPACK gets (see above).
+PROGRAM_FLAGS = {
+    "search": (*_COMMON_FLAGS, "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"),
+    "final": (*_COMMON_FLAGS, "--xla_cpu_experimental_ynn_fusion_type=dot"),
+}
 CACHE_ENV = "DARTS_JAX_CACHE_DIR"
 _CACHE_OFF = ("", "0", "off", "none")
 
