@@ -31,6 +31,11 @@ flag set empty): one default-network gradient pass 3.45-4.54 s against
 to compile and 66.7 s per step against 162.6 s and 70.3 s (one pair); the
 test config's second-order compile peaks at 1.73 GB instead of 2.67 GB. It
 costs memory at the default config: 10.12 GB peak against 8.90 GB.
+Products only (what the final network uses, below) saves some of it on the
+search step but costs more time there: 9.33-9.48 GB against 10.09-10.11
+GB, 67.3-68.1 s per step against 58.8-59.0 s and 183-185 s to compile
+against 138-153 s (default config, second order, alternating pairs;
+BENCHMARKS.md, session 26).
 The test suite's float32 parity checks against PyTorch and its float64
 checks pass with it (``tests/test_xla_env.py`` compares a float32 value and
 gradient with and without it). It only affects the CPU backend; jax 0.11.2
