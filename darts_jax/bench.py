@@ -6,6 +6,7 @@
     python -m darts_jax.bench --order second --written_out   # passes written out, not scanned
     python -m darts_jax.bench --config default --order second --remat cells   # less memory
     python -m darts_jax.bench --config default --order second --remat hvp   # less memory, inside H v only
+    python -m darts_jax.bench --config default --order second --remat none   # no recompute
     python -m darts_jax.bench --config default --order second --batch 16   # the config, another batch
     python -m darts_jax.bench --config default --order second --cells_one_by_one   # no cell loop
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
@@ -190,6 +191,18 @@ def _child(
 
     from darts_jax import parallel, runs
 
+    if net == "search":  # "auto" as train_search.py resolves it (search_loop.run_remat)
+        from darts_jax.search_model import resolve_remat
+
+        devices = parallel.select_devices(gpus)
+        c, _, batch, size, _ = network
+        remat = resolve_remat(
+            remat,
+            platform=devices[0].platform,
+            batch_per_device=batch // len(devices),
+            image_size=size,
+            C=c,
+        )
     t = time.perf_counter()
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(
@@ -309,11 +322,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--remat",
-        default="none",
+        default="auto",
         choices=REMAT_MODES,
         help="search: 'cells' recomputes the cells before the last reduction cell in the "
-        "backward pass, 'hvp' the first stage's cells inside the Hessian-vector product "
-        "(train_search.py --remat)",
+        "backward pass, 'hvp' the first stage's cells inside the Hessian-vector product, "
+        "'auto' (the default) as train_search.py --remat picks (the bench's default config on "
+        "the CPU: 'hvp')",
     )
     parser.add_argument(
         "--cells_one_by_one",

@@ -43,7 +43,7 @@ class SearchConfig:
     alpha_weight_decay: float = 1e-3
     # darts_jax additions
     alpha_grad: str = "second"
-    remat: str = "none"
+    remat: str = "auto"
     data_dir: str | None = None
     out_dir: str = "searchs"
     n_nodes: int = 4
@@ -239,7 +239,9 @@ _HELP = {
     "remat": "'cells': the cells before the last reduction cell keep only their inputs and "
     "are recomputed in every backward pass; 'hvp': the first stage's cells, inside the exact "
     "Hessian-vector product only (default config, second order, CPU: peak 10.2 GB, 'hvp' "
-    "9.25 GB for a 2-13 %% slower step, 'cells' 5.9 GB for a 15 %% slower step)",
+    "9.25 GB for a 0-13 %% slower step, 'cells' 5.9 GB for a 15 %% slower step); 'auto': "
+    "'hvp' on the CPU where a first-stage state holds 2**18 or more elements per device "
+    "(batch x H x W x C), else 'none'",
     "data_dir": "tensorflow-datasets data_dir holding prepared data",
     "steps_per_epoch": "cap on steps per epoch (0: the whole split)",
     "resume": "continue the run saved in <out_dir>/<name>/ (from the step after its last save)",

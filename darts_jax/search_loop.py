@@ -35,6 +35,7 @@ from darts_jax.search_model import (
     count_params,
     hvp_remat_cells_for,
     remat_cells_for,
+    resolve_remat,
 )
 from darts_jax.search_step import Hyper, create_state, make_train_step
 
@@ -84,25 +85,36 @@ def import_torch_search(cfg: SearchConfig, model, state, w_tx, a_tx):
     )
 
 
-def build_model(cfg: SearchConfig, num_classes: int) -> SearchNetwork:
-    """The supernet the flags describe."""
+def run_remat(cfg: SearchConfig, image_size: int, par: parallel.Parallel) -> str:
+    """The --remat mode this run uses: "auto" resolved for its devices and sizes."""
+    return resolve_remat(
+        cfg.remat,
+        platform=par.mesh.devices.flat[0].platform,
+        batch_per_device=cfg.batch_size // par.size,
+        image_size=image_size,
+        C=cfg.init_channels,
+    )
+
+
+def build_model(cfg: SearchConfig, num_classes: int, remat: str) -> SearchNetwork:
+    """The supernet the flags describe (``remat``: ``run_remat``'s mode)."""
     return SearchNetwork(
         cfg.init_channels,
         num_classes,
         cfg.layers,
         cfg.n_nodes,
         cfg.stem_multiplier,
-        remat_cells=remat_cells_for(cfg.remat, cfg.layers),
+        remat_cells=remat_cells_for(remat, cfg.layers),
     )
 
 
-def build_hyper(cfg: SearchConfig) -> Hyper:
-    """The search step's static settings the flags describe."""
+def build_hyper(cfg: SearchConfig, remat: str) -> Hyper:
+    """The search step's static settings the flags describe (``remat``: ``run_remat``'s mode)."""
     return Hyper(
         cfg.alpha_grad,
         cfg.w_momentum,
         cfg.w_weight_decay,
-        hvp_remat_cells=hvp_remat_cells_for(cfg.remat, cfg.layers),
+        hvp_remat_cells=hvp_remat_cells_for(remat, cfg.layers),
     )
 
 
@@ -133,7 +145,8 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     )
     runs.epoch_steps(len(a_idx), cfg.batch_size, 0, f"alpha-split images {split}")
 
-    model = build_model(cfg, info.num_classes)
+    remat = run_remat(cfg, info.size, par)
+    model = build_model(cfg, info.num_classes, remat)
     schedule = optim.epoch_cosine_schedule(cfg.w_lr, cfg.w_lr_min, cfg.epochs, steps)
     w_tx = optim.weight_optimizer(schedule, cfg.w_momentum, cfg.w_weight_decay, cfg.w_grad_clip)
     a_tx = optim.alpha_optimizer(cfg.alpha_lr, cfg.alpha_weight_decay)
@@ -143,7 +156,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
         state = import_torch_search(cfg, model, state, w_tx, a_tx)
         logger.info(f"Initialised from {cfg.init_from} ({cfg.init_layout})")
     state = parallel.put(state, par.replicated)
-    hyper = build_hyper(cfg)
+    hyper = build_hyper(cfg, remat)
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
         f"alpha gradient: {cfg.alpha_grad}"

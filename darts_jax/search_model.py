@@ -439,8 +439,16 @@ def reduction_indices(layers: int) -> tuple[int, int]:
 
 # --remat: "cells" rematerialises ``early_cells`` in every gradient pass
 # (``remat_cells_for``); "hvp" rematerialises ``first_stage_cells`` inside the
-# exact Hessian-vector product only (``hvp_remat_cells_for``).
-REMAT_MODES = ("none", "cells", "hvp")
+# exact Hessian-vector product only (``hvp_remat_cells_for``); "auto" stands for
+# one of them (``resolve_remat``).
+REMAT_MODES = ("auto", "none", "cells", "hvp")
+
+# "auto" picks "hvp" on the CPU where one first-stage state holds at least this
+# many elements per device (batch x H x W x C): the default config's 2**20 (64 x
+# 32 x 32 x 16) saves about 1 GB of a 10.1 GB peak there. Small networks keep
+# "none": their peak is the compiler's own, and at the test config (4 x 16 x 16
+# x 4) "hvp" added 0.2 GB of peak and 1.5 s of compile (BENCHMARKS.md, session 27).
+AUTO_HVP_MIN_STATE_ELEMENTS = 2**18
 
 
 def early_cells(layers: int) -> tuple[int, ...]:
@@ -460,7 +468,25 @@ def first_stage_cells(layers: int) -> tuple[int, ...]:
     return tuple(range(reduction_indices(layers)[0]))
 
 
+def resolve_remat(
+    mode: str, *, platform: str, batch_per_device: int, image_size: int, C: int
+) -> str:
+    """``mode`` with "auto" replaced by the mode it stands for on ``platform``
+    (``jax.Device.platform``) at this size: "hvp" on the CPU for networks whose
+    first-stage states hold ``AUTO_HVP_MIN_STATE_ELEMENTS`` or more per device,
+    else "none" (GPUs and TPUs: memory to spare, and recomputing costs step time).
+    Other modes are returned as they are."""
+    if mode not in REMAT_MODES:
+        raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
+    if mode != "auto":
+        return mode
+    state_elements = batch_per_device * image_size * image_size * C
+    return "hvp" if platform == "cpu" and state_elements >= AUTO_HVP_MIN_STATE_ELEMENTS else "none"
+
+
 def _check_remat_mode(mode: str) -> None:
+    if mode == "auto":
+        raise ValueError("remat mode 'auto' depends on the platform and sizes: resolve_remat first")
     if mode not in REMAT_MODES:
         raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
 

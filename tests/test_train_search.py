@@ -15,7 +15,7 @@ import pytest
 from tiny_flags import SEARCH_TINY
 
 import train_search
-from darts_jax import config, genotypes, reporting, search_loop
+from darts_jax import config, genotypes, parallel, reporting, search_loop
 
 TINY = SEARCH_TINY
 
@@ -186,14 +186,25 @@ def test_import_darts_jax_does_not_import_torch():
 
 
 def test_remat_flag_builds_a_rematerialised_network():
+    one_cpu = parallel.setup("0", 64)
     cfg = config.parse_args(["--name", "r", "--dataset", "digits", "--remat", "cells"])
-    model = search_loop.build_model(cfg, num_classes=10)
+    remat = search_loop.run_remat(cfg, 32, one_cpu)
+    model = search_loop.build_model(cfg, 10, remat)
     assert model.remat_cells == (0, 1, 2, 3, 4) and model.C == 16 and model.layers == 8
-    assert search_loop.build_hyper(cfg).hvp_remat_cells == (0, 1, 2, 3, 4)
-    default = config.parse_args(["--name", "r", "--dataset", "digits"])
-    assert not search_loop.build_model(default, num_classes=10).remat_cells
-    assert search_loop.build_hyper(default).hvp_remat_cells == ()
+    assert search_loop.build_hyper(cfg, remat).hvp_remat_cells == (0, 1, 2, 3, 4)
     # --remat hvp: a plain network; the first stage's cells recomputed inside H v only
     hvp = config.parse_args(["--name", "r", "--dataset", "digits", "--remat", "hvp"])
-    assert not search_loop.build_model(hvp, num_classes=10).remat_cells
-    assert search_loop.build_hyper(hvp).hvp_remat_cells == (0, 1)
+    assert search_loop.run_remat(hvp, 8, one_cpu) == "hvp"
+    assert not search_loop.build_model(hvp, 10, "hvp").remat_cells
+    assert search_loop.build_hyper(hvp, "hvp").hvp_remat_cells == (0, 1)
+    # The default, auto: 'hvp' for CIFAR's 32x32 at the default batch and C on one
+    # CPU device, 'none' for the digits' 8x8 and for the batch over 8 CPU devices
+    default = config.parse_args(["--name", "r", "--dataset", "digits"])
+    assert default.remat == "auto"
+    assert search_loop.run_remat(default, 32, one_cpu) == "hvp"
+    assert search_loop.run_remat(default, 8, one_cpu) == "none"
+    assert search_loop.run_remat(default, 32, parallel.setup("all", 64)) == "none"
+    assert not search_loop.build_model(default, 10, "none").remat_cells
+    assert search_loop.build_hyper(default, "none").hvp_remat_cells == ()
+    with pytest.raises(ValueError, match="resolve_remat first"):
+        search_loop.build_model(default, 10, default.remat)
