@@ -159,7 +159,8 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     hyper = build_hyper(cfg, remat)
     logger.info(
         f"Search network: {count_params(state.params) / 1e6:.3f} M weights, "
-        f"alpha gradient: {cfg.alpha_grad}"
+        f"alpha gradient: {cfg.alpha_grad}, remat: {remat}"
+        + (" (--remat auto)" if cfg.remat == "auto" else "")
         + (f", cells {list(model.remat_cells)} rematerialised" if model.remat_cells else "")
         + (
             f", cells {list(hyper.hvp_remat_cells)} rematerialised in the Hessian-vector product"

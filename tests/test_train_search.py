@@ -28,6 +28,7 @@ def test_one_tiny_search_writes_log_plots_tensorboard_and_genotype(tmp_path):
     assert "Train: [ 1/1] Step 002/002 Loss" in log
     assert "Valid: [ 1/1] Final Prec@1" in log and "Final best Prec@1 = " in log
     assert "ALPHA_GRAD=second" in log and "# Alpha - normal" in log
+    assert "alpha gradient: second, remat: none (--remat auto)" in log  # tiny: nothing recomputed
     genotype = genotypes.from_str(open(os.path.join(run, "genotype.txt")).read())
     assert len(genotype.normal) == 2
     assert f"Best Genotype = {genotypes.to_str(genotype)}" in log
