@@ -145,11 +145,12 @@ def epoch_steps(n_images: int, batch_size: int, steps_per_epoch: int, images: st
 
 
 # Flags that do not change what a resumed run computes: where files are, devices,
-# reporting, and the starting points that a restored checkpoint replaces.
+# memory (--remat recomputes the same values), reporting, and the starting
+# points that a restored checkpoint replaces.
 UNTRACKED_FLAGS = frozenset(
     {"name", "resume", "checkpoint_minutes", "progress", "print_freq", "out_dir", "data_dir"}
-    | {"workers", "gpus", "distributed", "eval_only", "checkpoint", "init_from", "init_layout"}
-    | {"torch_checkpoint", "torch_layout"}
+    | {"workers", "gpus", "distributed", "remat", "eval_only", "checkpoint", "init_from"}
+    | {"init_layout", "torch_checkpoint", "torch_layout"}
 )
 
 
