@@ -380,7 +380,7 @@ def main(argv=None) -> int:
         )
     print(
         f"{'framework':9} {'net':6} {'config':8} {'order':6} {'devices':>7} {'compile s':>9} "
-        f"{'trace s':>7} {'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7}",
+        f"{'trace s':>7} {'s/step':>9} {'img/s':>9} {'peak GB':>8} {'XLA GB':>7} {'remat':>6}",
         flush=True,
     )
     for order, gpus in [(o, g) for o in orders for g in args.gpus.split(";")]:
@@ -408,7 +408,8 @@ def main(argv=None) -> int:
                 f"{framework:9} {args.net:6} {args.config:8} {order:6} {n:>7} {compile_s:>9.1f} "
                 f"{_fmt(r.get('trace_s'), '7.1f')} "
                 f"{_fmt(r['step_s'], '9.4f')} {_fmt(r['images_per_s'], '9.1f')} "
-                f"{r['peak_mem_gb']:>8.2f} {_fmt(r.get('planned_gb'), '7.2f')}",
+                f"{r['peak_mem_gb']:>8.2f} {_fmt(r.get('planned_gb'), '7.2f')} "
+                f"{r.get('remat') or '-':>6}",  # the mode "auto" resolved to
                 flush=True,
             )
             if args.json:
