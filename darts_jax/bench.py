@@ -194,15 +194,8 @@ def _child(
     if net == "search":  # "auto" as train_search.py resolves it (search_loop.run_remat)
         from darts_jax.search_model import resolve_remat
 
-        devices = parallel.select_devices(gpus)
         c, _, batch, size, _ = network
-        remat = resolve_remat(
-            remat,
-            platform=devices[0].platform,
-            batch_per_device=batch // len(devices),
-            image_size=size,
-            C=c,
-        )
+        remat = resolve_remat(remat, parallel.select_devices(gpus), batch, size, c)
     t = time.perf_counter()
     if net == "search":
         state, step, arrays, shape, images_per_sample = _search_setup(

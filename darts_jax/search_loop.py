@@ -87,13 +87,8 @@ def import_torch_search(cfg: SearchConfig, model, state, w_tx, a_tx):
 
 def run_remat(cfg: SearchConfig, image_size: int, par: parallel.Parallel) -> str:
     """The --remat mode this run uses: "auto" resolved for its devices and sizes."""
-    return resolve_remat(
-        cfg.remat,
-        platform=par.mesh.devices.flat[0].platform,
-        batch_per_device=cfg.batch_size // par.size,
-        image_size=image_size,
-        C=cfg.init_channels,
-    )
+    devices = list(par.mesh.devices.flat)
+    return resolve_remat(cfg.remat, devices, cfg.batch_size, image_size, cfg.init_channels)
 
 
 def build_model(cfg: SearchConfig, num_classes: int, remat: str) -> SearchNetwork:

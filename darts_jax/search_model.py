@@ -468,27 +468,29 @@ def first_stage_cells(layers: int) -> tuple[int, ...]:
     return tuple(range(reduction_indices(layers)[0]))
 
 
-def resolve_remat(
-    mode: str, *, platform: str, batch_per_device: int, image_size: int, C: int
-) -> str:
-    """``mode`` with "auto" replaced by the mode it stands for on ``platform``
-    (``jax.Device.platform``) at this size: "hvp" on the CPU for networks whose
-    first-stage states hold ``AUTO_HVP_MIN_STATE_ELEMENTS`` or more per device,
-    else "none" (GPUs and TPUs: memory to spare, and recomputing costs step time).
-    Other modes are returned as they are."""
+def _check_known_remat_mode(mode: str) -> None:
     if mode not in REMAT_MODES:
         raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
+
+
+def resolve_remat(mode: str, devices, batch_size: int, image_size: int, C: int) -> str:
+    """``mode`` with "auto" replaced by the mode it stands for when ``batch_size``
+    images split over ``devices`` (``jax.Device``s): "hvp" on the CPU for networks
+    whose first-stage states hold ``AUTO_HVP_MIN_STATE_ELEMENTS`` or more per
+    device, else "none" (GPUs and TPUs: memory to spare, and recomputing costs
+    step time). Other modes are returned as they are."""
+    _check_known_remat_mode(mode)
     if mode != "auto":
         return mode
-    state_elements = batch_per_device * image_size * image_size * C
-    return "hvp" if platform == "cpu" and state_elements >= AUTO_HVP_MIN_STATE_ELEMENTS else "none"
+    state_elements = batch_size // len(devices) * image_size * image_size * C
+    on_cpu = devices[0].platform == "cpu"
+    return "hvp" if on_cpu and state_elements >= AUTO_HVP_MIN_STATE_ELEMENTS else "none"
 
 
 def _check_remat_mode(mode: str) -> None:
+    _check_known_remat_mode(mode)
     if mode == "auto":
         raise ValueError("remat mode 'auto' depends on the platform and sizes: resolve_remat first")
-    if mode not in REMAT_MODES:
-        raise ValueError(f"unknown remat mode {mode!r}; choose one of {REMAT_MODES}")
 
 
 def remat_cells_for(mode: str, layers: int) -> tuple[int, ...]:

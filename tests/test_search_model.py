@@ -1,3 +1,5 @@
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,22 +234,26 @@ def test_early_cells_stop_at_the_last_reduction_cell():
         hvp_remat_cells_for("auto", 8)
 
 
+def _devices(platform: str, count: int = 1):
+    return [types.SimpleNamespace(platform=platform)] * count
+
+
 def test_auto_remat_recomputes_inside_h_v_only_for_large_networks_on_the_cpu():
-    default = dict(batch_per_device=64, image_size=32, C=16)  # 2**20 elements per state
-    assert resolve_remat("auto", platform="cpu", **default) == "hvp"
-    assert resolve_remat("auto", platform="gpu", **default) == "none"
-    assert resolve_remat("auto", platform="tpu", **default) == "none"
-    test = dict(batch_per_device=4, image_size=16, C=4)
-    assert resolve_remat("auto", platform="cpu", **test) == "none"
+    default = dict(batch_size=64, image_size=32, C=16)  # 2**20 elements per state
+    assert resolve_remat("auto", _devices("cpu"), **default) == "hvp"
+    assert resolve_remat("auto", _devices("gpu"), **default) == "none"
+    assert resolve_remat("auto", _devices("tpu"), **default) == "none"
+    test = dict(batch_size=4, image_size=16, C=4)
+    assert resolve_remat("auto", _devices("cpu"), **test) == "none"
     # the threshold is per device: 64 images over 4 devices hold 2**18 each, over 8 half that
     assert AUTO_HVP_MIN_STATE_ELEMENTS == 2**18
-    assert resolve_remat("auto", platform="cpu", batch_per_device=16, image_size=32, C=16) == "hvp"
-    assert resolve_remat("auto", platform="cpu", batch_per_device=8, image_size=32, C=16) == "none"
+    assert resolve_remat("auto", _devices("cpu", 4), **default) == "hvp"
+    assert resolve_remat("auto", _devices("cpu", 8), **default) == "none"
     for mode in ("none", "cells", "hvp"):  # explicit modes stay as they are
-        assert resolve_remat(mode, platform="gpu", **test) == mode
-        assert resolve_remat(mode, platform="cpu", **default) == mode
+        assert resolve_remat(mode, _devices("gpu"), **test) == mode
+        assert resolve_remat(mode, _devices("cpu"), **default) == mode
     with pytest.raises(ValueError, match="unknown remat mode .all.; choose one of"):
-        resolve_remat("all", platform="cpu", **default)
+        resolve_remat("all", _devices("cpu"), **default)
     model = SearchNetwork(C=4, num_classes=5, layers=3, n_nodes=2, remat_cells=(3,))
     alphas = init_alphas(jax.random.PRNGKey(0), 2)
     with pytest.raises(ValueError, match=r"remat_cells \(3,\) must be cell indices in 0..2"):
