@@ -204,6 +204,7 @@ def _child(
     else:
         state, step, arrays, shape, images_per_sample = _final_setup(network)
     init_s = time.perf_counter() - t
+    runs.release_init_memory()  # as the training loops do after building the state
     par = parallel.setup(gpus, shape["batch"])
     step = jax.jit(
         step,

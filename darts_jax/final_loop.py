@@ -62,6 +62,7 @@ def build(cfg: FinalConfig, genotype: genotypes.Genotype, info: data.DatasetInfo
     tx = optim.weight_optimizer(schedule, cfg.momentum, cfg.weight_decay, cfg.grad_clip)
     input_shape = (1, info.size, info.size, info.channels)
     state = create_state(model, jax.random.PRNGKey(cfg.seed), input_shape, tx)
+    runs.release_init_memory()  # the eager init's programs, before the step compiles
     return model, tx, schedule, state
 
 

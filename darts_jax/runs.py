@@ -103,6 +103,31 @@ def free_compiler_memory(compiled=None) -> None:
     xla_env.release_freed_memory()
 
 
+_init_memory_released = False
+
+
+def release_init_memory() -> None:
+    """Drops JAX's in-memory caches and hands the freed heap back after the first
+    training state of this process is built, before its step is traced and
+    compiled; later calls do nothing.
+
+    Building the variables eagerly runs the network's forward pass op by op at
+    batch 2 (flax's ``init``), and each op and shape compiles a small program
+    (about 2 MB each, about 70 at the test config with the optimizers' zeros)
+    that JAX keeps. Dropped, they no longer sit under the compiler's peak: the
+    test config's second-order step peaked at 1.83-1.88 GB against 1.95-1.96
+    GB (BENCHMARKS.md, session 28). In a script's run nothing else is compiled
+    yet at that point, so nothing compiles twice; a process that builds many
+    states (the tests, a notebook) keeps its caches after the first, which it
+    would otherwise recompile every time (dropped after every state, the
+    end-to-end test files compiled 1,017 programs instead of 451)."""
+    global _init_memory_released
+    if _init_memory_released:
+        return
+    _init_memory_released = True
+    free_compiler_memory()
+
+
 def compile_on_first_call(jitted, logger: logging.Logger, what: str) -> Callable:
     """``jitted`` (a ``jax.jit`` function) compiled ahead of time for the arguments
     of its first call, which it then runs, as every later call.

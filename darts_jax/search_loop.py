@@ -150,6 +150,7 @@ def _search(cfg, out, logger, tb, par, ckpts, triggers) -> genotypes.Genotype:
     if cfg.init_from is not None:
         state = import_torch_search(cfg, model, state, w_tx, a_tx)
         logger.info(f"Initialised from {cfg.init_from} ({cfg.init_layout})")
+    runs.release_init_memory()  # the eager init's programs, before the step compiles
     state = parallel.put(state, par.replicated)
     hyper = build_hyper(cfg, remat)
     logger.info(

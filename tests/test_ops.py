@@ -297,6 +297,29 @@ def test_torch_uniform_init_bounds_and_determinism():
     assert float(jnp.abs(a).max()) > 0.3
 
 
+def test_host_drawn_initialisers_compile_nothing():
+    """Weights and BN constants reach the device as drawn, in their dtype: a
+    device-side cast or copy would compile (and cache) one program per shape."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        key = jax.random.PRNGKey(5)
+        kernel = ops.torch_uniform_init(7)(key, (7, 1, 13), jnp.float32)
+        stats = ops.RunningStats((11,), jnp.float32).init(key)["batch_stats"]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert kernel.dtype == jnp.float32 and kernel.shape == (7, 1, 13)
+    np.testing.assert_array_equal(stats["mean"], np.zeros(11, np.float32))
+    np.testing.assert_array_equal(stats["var"], np.ones(11, np.float32))
+    assert stats["var"].dtype == jnp.float32
+
+
 def test_pointwise_conv_is_a_per_edge_matmul():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 3, 3, 4, 5)).astype(np.float32)

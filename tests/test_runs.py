@@ -1,6 +1,7 @@
 """runs.compile_on_first_call: compiled once, ahead of the first execution, with
 JAX's caches dropped and the compiler's freed memory handed back in between;
-same results as the jit. runs.run_steps and runs.resume_point: an epoch stopped
+same results as the jit; runs.release_init_memory drops the caches too.
+runs.run_steps and runs.resume_point: an epoch stopped
 after a save and resumed runs the same steps on the same batches."""
 
 import dataclasses
@@ -47,6 +48,22 @@ def test_compile_on_first_call(monkeypatch, caplog, drop_from_bytes, dropped):
     np.testing.assert_allclose(state, [18.0, 18.0, 18.0])  # 0 + 6 * (0 + 1 + 2)
     np.testing.assert_allclose(metrics["loss"], 4.0)
     assert [r.message.startswith("Compiled the test step in ") for r in caplog.records] == [True]
+
+
+def test_release_init_memory_drops_the_caches_once_per_process(monkeypatch):
+    """After the first state is built its eager programs go, whatever the step will
+    plan; after later states the caches stay (they hold what the process reuses)."""
+    released = []
+    monkeypatch.setattr(xla_env, "release_freed_memory", lambda: released.append(True))
+    monkeypatch.setattr(runs, "_init_memory_released", False)
+    eager_like = jax.jit(lambda x: x * 2)
+    eager_like(jnp.ones(3))
+    assert eager_like._cache_size() == 1
+    runs.release_init_memory()
+    assert eager_like._cache_size() == 0 and released == [True]
+    eager_like(jnp.ones(3))
+    runs.release_init_memory()
+    assert eager_like._cache_size() == 1 and released == [True]
 
 
 def test_planned_bytes_counts_arguments_outputs_and_temporaries():
