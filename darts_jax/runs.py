@@ -113,7 +113,7 @@ def release_init_memory() -> None:
 
     Building the variables eagerly runs the network's forward pass op by op at
     batch 2 (flax's ``init``), and each op and shape compiles a small program
-    (about 2 MB each, about 70 at the test config with the optimizers' zeros)
+    (about 2 MB each, about 75 at the test config with the optimizers' zeros)
     that JAX keeps. Dropped, they no longer sit under the compiler's peak: the
     test config's second-order step peaked at 1.83-1.88 GB against 1.95-1.96
     GB (BENCHMARKS.md, session 28). In a script's run nothing else is compiled

@@ -1,8 +1,8 @@
 """runs.compile_on_first_call: compiled once, ahead of the first execution, with
 JAX's caches dropped and the compiler's freed memory handed back in between;
-same results as the jit; runs.release_init_memory drops the caches too.
-runs.run_steps and runs.resume_point: an epoch stopped
-after a save and resumed runs the same steps on the same batches."""
+same results as the jit; runs.release_init_memory drops the caches too, once
+per process. runs.run_steps and runs.resume_point: an epoch stopped after a
+save and resumed runs the same steps on the same batches."""
 
 import dataclasses
 import json
